@@ -19,7 +19,7 @@ METADATA_KEY = "regrisk.card"
 SCHEMA = "regrisk.card/1"
 
 _LAYOUTS = ("pair", "concat")
-_KINDS = ("displacement", "map")
+_KINDS = ("displacement", "map", "velocity")
 _UNITS = ("voxel", "unit", "normalized")
 _ORDERS = ("ijk", "xyz")
 _CHANNEL_AXES = ("first", "last")
@@ -47,7 +47,9 @@ class Inputs:
 class Output:
     """What the graph returns and in which convention.
 
-    kind: ``displacement`` u with phi(x) = x + u(x), or ``map`` phi(x) itself.
+    kind: ``displacement`` u with phi(x) = x + u(x), ``map`` phi(x) itself, or ``velocity`` a
+    stationary velocity field v that the engine integrates by scaling and squaring
+    (u = exp(v), ``steps`` squarings, done by regrisk's compose kernel, not in the graph).
     units: ``voxel`` (array indices), ``unit`` ([0, 1] per axis, align-corners: uniGradICON),
     ``normalized`` ([-1, 1] as torch ``grid_sample``, with ``align_corners``).
     channel_order: ``ijk`` (channel c along array axis c) or ``xyz`` (reversed, torch grids).
@@ -60,6 +62,7 @@ class Output:
     align_corners: bool = True
     channel_order: str = "ijk"
     channel_axis: str = "first"
+    steps: int = 7
 
 
 @dataclass
@@ -114,15 +117,16 @@ class ModelCard:
                "grid", "three integers >= 2 (D, H, W)")
         self.grid = grid  # type: ignore[assignment]
         _choice(self.inputs.layout, _LAYOUTS, "inputs.layout")
-        if self.inputs.layout == "concat":
-            order = tuple(self.inputs.order)
-            _check(sorted(order) == ["source", "target"], "inputs.order",
-                   '["source", "target"] in some order')
-            self.inputs.order = order  # type: ignore[assignment]
+        order = tuple(self.inputs.order)
+        _check(sorted(order) == ["source", "target"], "inputs.order",
+               '["source", "target"] in some order')
+        self.inputs.order = order  # type: ignore[assignment]
         _choice(self.output.kind, _KINDS, "output.kind")
         _choice(self.output.units, _UNITS, "output.units")
         _choice(self.output.channel_order, _ORDERS, "output.channel_order")
         _choice(self.output.channel_axis, _CHANNEL_AXES, "output.channel_axis")
+        _check(isinstance(self.output.steps, int) and 0 <= self.output.steps <= 16,
+               "output.steps", "an integer in [0, 16] (scaling-and-squaring steps)")
         _check(isinstance(self.output.align_corners, bool), "output.align_corners", "true or false")
         _choice(self.batch, _BATCH, "batch")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")
