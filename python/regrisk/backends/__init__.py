@@ -1,0 +1,159 @@
+"""Backends: run one registration network on batches of arrays, nothing more.
+
+A backend knows its graph (input/output names, batch axis) and its device; it knows nothing
+about perturbations, cards' coordinate conventions or statistics (the engine does that).
+
+Contract every backend keeps (CPU and CUDA alike):
+
+- ``xp`` is the array module of the device (``numpy`` for the CPU, ``cupy`` for CUDA). The
+  engine allocates on ``xp`` and hands the backend arrays of that type; ``run`` returns an
+  array of that type too, so nothing crosses the PCIe bus inside the sample loop.
+- ``run(feeds)``: ``feeds`` maps graph input names to float32 C-contiguous arrays of shape
+  (B, C, D, H, W) (C = 1 per image, 2 for a channel-concatenated input); the result is the
+  graph output named ``output_name`` as float32, in the graph's own layout and convention
+  (the engine converts it to canonical form with ``regrisk.conventions``).
+- ``fixed_batch`` is None when the graph's batch axis is dynamic, else the only batch size the
+  graph accepts (the engine then feeds exactly that many, one call per group).
+- ``describe()`` returns JSON-serialisable facts for ``summary.json`` (provider, threads, ...).
+- ``close()`` releases sessions and device memory; backends are also context managers.
+
+Backends are created with ``create_backend(model, card, device=..., name=...)``. ``model`` is
+a :class:`ModelSource`: an ONNX path (or serialized bytes), or a Python callable. Built-in
+names live in ``_REGISTRY`` as ``"module:Class"`` strings so that optional backends (CUDA,
+TensorRT, torch) import only when asked for; each class is constructed as
+``Class(model: ModelSource, card: ModelCard, *, threads: int | None, options: dict)``.
+``register_backend`` adds a backend at run time (plug-ins, tests).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..card import ModelCard
+from ..errors import ModelError
+
+Array = Any  # numpy.ndarray or cupy.ndarray; float32, C-contiguous
+
+
+@dataclass
+class ModelSource:
+    """What a backend loads: exactly one of an ONNX file, serialized ONNX bytes, or a callable."""
+
+    path: Path | None = None
+    data: bytes | None = None
+    function: Callable[[Array, Array], Array] | None = None
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def onnx_bytes_or_path(self) -> str | bytes:
+        if self.path is not None:
+            return str(self.path)
+        if self.data is not None:
+            return self.data
+        raise ModelError(f"{self.label or 'model'}: not an ONNX model")
+
+
+class Backend(abc.ABC):
+    """One network on one device. Subclasses set the attributes below in ``__init__``."""
+
+    name: str = "backend"
+    device: str = "cpu"
+    input_names: tuple[str, ...] = ()
+    output_name: str = ""
+    fixed_batch: int | None = None
+
+    @property
+    def xp(self) -> Any:
+        """Array module of this backend's device."""
+        import numpy
+
+        return numpy
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, Array]) -> Array:
+        """Run the graph once on a batch; see the module docstring for shapes and types."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device}
+
+    def close(self) -> None:
+        """Release resources; the default has none."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# name -> "module:Class" (relative to this package) or a factory callable.
+_REGISTRY: dict[str, str | Callable[..., Backend]] = {
+    "onnxruntime": ".onnxruntime:OnnxRuntimeBackend",
+    "callable": ".callable:CallableBackend",
+    # CUDA backends (written by the GPU side); imported only when asked for.
+    "onnxruntime-cuda": ".onnxruntime_cuda:OnnxRuntimeCudaBackend",
+    "tensorrt": ".tensorrt:TensorRTBackend",
+    "torch": ".torch:TorchBackend",
+}
+
+# What a device uses when no backend name is given, first that imports wins.
+_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "cpu": ("onnxruntime",),
+    "cuda": ("onnxruntime-cuda", "tensorrt", "torch"),
+}
+
+
+def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
+    """Make ``name`` available to ``create_backend`` ("module:Class" or a factory callable)."""
+    _REGISTRY[name] = factory
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(name: str) -> Callable[..., Backend]:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ModelError(f"unknown backend {name!r}; known: {', '.join(available_backends())}")
+    if callable(entry):
+        return entry
+    module_name, _, attr = entry.partition(":")
+    module = importlib.import_module(module_name, __name__)
+    return getattr(module, attr)
+
+
+def create_backend(
+    model: ModelSource,
+    card: ModelCard,
+    *,
+    device: str = "cpu",
+    name: str | None = None,
+    threads: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Backend:
+    """The backend for ``model`` on ``device``; callables always get the callable backend."""
+    options = dict(options or {})
+    if model.function is not None:
+        return _resolve("callable")(model, card, threads=threads, options={**options, "device": device})
+    if name is not None:
+        backend = _resolve(name)(model, card, threads=threads, options=options)
+        if backend.device != device:
+            raise ModelError(f"backend {name!r} runs on {backend.device}, not {device}")
+        return backend
+    if device not in _DEFAULTS:
+        raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    failures = []
+    for candidate in _DEFAULTS[device]:
+        try:
+            factory = _resolve(candidate)
+        except ImportError as exc:  # optional backend not installed / not built
+            failures.append(f"{candidate}: {exc}")
+            continue
+        return factory(model, card, threads=threads, options=options)
+    raise ModelError(f"no backend available for device {device!r} ({'; '.join(failures)})")
