@@ -1,0 +1,82 @@
+// Streaming per-voxel mean and covariance of 3-vector samples (Welford), Chan's merge of two
+// accumulators, and the sigma maps derived from the covariance.
+//
+// Storage (in the caller): mean (3, N) and M2 (6, N) float32, M2 the sum of outer products of
+// deviations, components xx, xy, xz, yy, yz, zz. The per-voxel functions below work on
+// registers of type Acc (double on the CPU) so that small spreads survive the float32 storage.
+// REGRISK_HD inline for welfordCUDA.cu; no pybind11, OpenMP or STL containers here.
+#pragma once
+
+#include "common/sampling.h"
+
+namespace regrisk {
+
+// One Welford step: sample x joins an accumulator that then holds n samples (inv_n = 1 / n).
+// M2 += (x - mean_old)(x - mean_new)^T, which is symmetric since x - mean_new = (n-1)/n (x - mean_old).
+template <typename Acc>
+REGRISK_HD void welford_step(Acc inv_n, Acc x0, Acc x1, Acc x2, Acc mean[3], Acc m2[6]) {
+  const Acc d0 = x0 - mean[0], d1 = x1 - mean[1], d2 = x2 - mean[2];
+  mean[0] += d0 * inv_n;
+  mean[1] += d1 * inv_n;
+  mean[2] += d2 * inv_n;
+  const Acc e0 = x0 - mean[0], e1 = x1 - mean[1], e2 = x2 - mean[2];
+  m2[0] += d0 * e0;
+  m2[1] += d0 * e1;
+  m2[2] += d0 * e2;
+  m2[3] += d1 * e1;
+  m2[4] += d1 * e2;
+  m2[5] += d2 * e2;
+}
+
+// Chan et al.: accumulator a (n_a samples) absorbs b (n_b samples); n_a + n_b > 0.
+template <typename Acc>
+REGRISK_HD void chan_merge(Acc n_a, Acc n_b, Acc mean_a[3], Acc m2_a[6], const Acc mean_b[3],
+                           const Acc m2_b[6]) {
+  const Acc n = n_a + n_b;
+  const Acc d0 = mean_b[0] - mean_a[0], d1 = mean_b[1] - mean_a[1], d2 = mean_b[2] - mean_a[2];
+  const Acc fb = n_b / n, fab = n_a * n_b / n;
+  mean_a[0] += d0 * fb;
+  mean_a[1] += d1 * fb;
+  mean_a[2] += d2 * fb;
+  m2_a[0] += m2_b[0] + d0 * d0 * fab;
+  m2_a[1] += m2_b[1] + d0 * d1 * fab;
+  m2_a[2] += m2_b[2] + d0 * d2 * fab;
+  m2_a[3] += m2_b[3] + d1 * d1 * fab;
+  m2_a[4] += m2_b[4] + d1 * d2 * fab;
+  m2_a[5] += m2_b[5] + d2 * d2 * fab;
+}
+
+// diag(M S M^T) for the symmetric S given by its 6 upper-triangle terms (scaled by `scale`,
+// i.e. 1 / (count - 1) turns M2 into the unbiased covariance). M is row-major 3x3 (voxel -> mm).
+// Tiny negative rounding residue is clamped to 0 so the square roots that follow are defined.
+template <typename Acc>
+REGRISK_HD void mapped_variances(const Acc s6[6], Acc scale, const float* M, Acc out[3]) {
+  const Acc s00 = s6[0] * scale, s01 = s6[1] * scale, s02 = s6[2] * scale;
+  const Acc s11 = s6[3] * scale, s12 = s6[4] * scale, s22 = s6[5] * scale;
+  for (int r = 0; r < 3; ++r) {
+    const Acc a = static_cast<Acc>(M[3 * r]), b = static_cast<Acc>(M[3 * r + 1]),
+              c = static_cast<Acc>(M[3 * r + 2]);
+    const Acc v = a * a * s00 + b * b * s11 + c * c * s22 +
+                  Acc(2) * (a * b * s01 + a * c * s02 + b * c * s12);
+    out[r] = v > Acc(0) ? v : Acc(0);
+  }
+}
+
+namespace cpu {
+
+// In place: mean (3, N), m2 (6, N) holding count_before samples absorb batch (B, 3, N).
+void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
+                    int64_t B, int threads);
+
+// In place into a: (n_a, mean_a, m2_a) absorbs (n_b, mean_b, m2_b).
+void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const float* mean_b,
+                   const float* m2_b, int64_t N, int threads);
+
+// out (N,) = sqrt(tr(M Sigma M^T)); Sigma = m2 / (count - 1); count >= 2.
+void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out, int threads);
+
+// out (3, N) = sqrt(diag(M Sigma M^T)).
+void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out, int threads);
+
+}  // namespace cpu
+}  // namespace regrisk

@@ -1,0 +1,399 @@
+"""The native kernels' Python face: one function per operation.
+
+Each function validates and normalises its arguments (ValueError naming the argument for
+anything wrong), allocates the output, and dispatches on the array type: NumPy arrays run on
+the C++/OpenMP kernels in ``regrisk._core``, CuPy arrays on the CUDA kernels through
+``regrisk._cuda_ops``. Conventions (DESIGN.md): float32 C-contiguous arrays, volumes
+``(D,H,W)``/``(C,D,H,W)``/``(B,C,D,H,W)``, displacement fields ``(3,D,H,W)``/``(B,3,D,H,W)`` in
+voxels of the grid they live on, align-corners trilinear sampling, pull-back maps, 3x4
+voxel-space affines ``y = A x + b``.
+
+Small parameter matrices (affines, the 3x3 ``M``) may be any real dtype or nested lists; they
+are converted to float32 and must be finite. Large arrays are never converted: a float64 or
+non-contiguous volume or field is an error, so that no hidden copy doubles memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from numbers import Real
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "warp",
+    "compose",
+    "bspline_field",
+    "Welford",
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+]
+
+_MODES = ("fill", "border")
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def _backend(name: str, a: Any) -> tuple[ModuleType, ModuleType]:
+    """(array module, kernel module) for a NumPy or CuPy array; ValueError for anything else."""
+    if isinstance(a, np.ndarray):
+        return np, _core
+    if _is_cupy(a) and hasattr(a, "__cuda_array_interface__"):
+        import cupy
+
+        from . import _cuda_ops
+
+        return cupy, _cuda_ops
+    raise ValueError(f"{name}: expected a numpy or cupy array, got {type(a).__name__}")
+
+
+def _same_backend(name: str, a: Any, xp: ModuleType) -> None:
+    if not isinstance(a, xp.ndarray):
+        raise ValueError(f"{name}: must be a {xp.__name__} array like the first argument, "
+                         f"got {type(a).__module__}.{type(a).__name__}")
+
+
+# --- argument checks ------------------------------------------------------------------------
+
+
+def _check_array(name: str, a: Any, xp: ModuleType, ndims: tuple[int, ...]) -> None:
+    _same_backend(name, a, xp)
+    if a.dtype != np.float32:
+        raise ValueError(f"{name}: expected float32, got {a.dtype} (convert with .astype(np.float32))")
+    if a.ndim not in ndims:
+        allowed = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name}: expected {allowed} dimensions, got {a.ndim} (shape {tuple(a.shape)})")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous (use np.ascontiguousarray)")
+    if a.size == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(a.shape)})")
+
+
+def _check_field(name: str, a: Any, xp: ModuleType) -> bool:
+    """A (3,D,H,W) or (B,3,D,H,W) field; returns whether it is batched."""
+    _check_array(name, a, xp, (4, 5))
+    batched = a.ndim == 5
+    if a.shape[1 if batched else 0] != 3:
+        where = "axis 1" if batched else "axis 0"
+        raise ValueError(f"{name}: {where} must hold the 3 components, shape is {tuple(a.shape)}")
+    return batched
+
+
+def _as5(a: Any) -> Any:
+    return a if a.ndim == 5 else a.reshape((1,) * (5 - a.ndim) + tuple(a.shape))
+
+
+def _small_matrix(name: str, m: Any, xp: ModuleType, shapes: tuple[tuple[int, ...], ...]) -> Any:
+    """A small parameter matrix as a float32 C-contiguous array of `xp`, checked finite."""
+    if _is_cupy(m):
+        import cupy
+
+        m = cupy.asnumpy(m)
+    try:
+        host = np.array(m, dtype=np.float32, order="C")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: not a numeric matrix ({exc})") from None
+    if not any(host.shape == s for s in shapes):
+        want = " or ".join(str(s) for s in shapes)
+        raise ValueError(f"{name}: expected shape {want}, got {host.shape}")
+    if host.size == 0:
+        raise ValueError(f"{name}: is empty")
+    if not np.isfinite(host).all():
+        raise ValueError(f"{name}: must be finite (contains NaN or inf)")
+    return host if xp is np else xp.asarray(host)
+
+
+def _shape3(name: str, shape: Any) -> tuple[int, int, int]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"{name}: expected 3 integers (D, H, W), got {shape!r}") from None
+    if len(dims) != 3 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                 for n in dims):
+        raise ValueError(f"{name}: expected 3 integers (D, H, W), got {shape!r}")
+    if min(dims) < 1:
+        raise ValueError(f"{name}: every size must be >= 1, got {dims}")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def _mode(mode: Any) -> bool:
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected 'fill' or 'border', got {mode!r}")
+    return mode == "border"
+
+
+def _fill(fill: Any) -> float:
+    if isinstance(fill, bool) or not isinstance(fill, Real):
+        raise ValueError(f"fill: expected a real number, got {fill!r}")
+    value = float(fill)
+    # A zero-weight corner still multiplies `fill`; NaN or inf would leak into in-range samples.
+    if not math.isfinite(value):
+        raise ValueError(f"fill: must be finite, got {value}")
+    return value
+
+
+def _batch(name: str, n: int, other: str, m: int) -> None:
+    raise ValueError(f"{name}: batch size {n} does not match {other}'s {m} (must be equal or 1)")
+
+
+# --- warp -----------------------------------------------------------------------------------
+
+
+def warp(volume: Any, displacement: Any = None, *, affine: Any = None, shape: Any = None,
+         fill: float = 0.0, mode: str = "fill") -> Any:
+    """Trilinear pull-back of `volume` onto an output grid.
+
+    volume: (D,H,W), (C,D,H,W) or (B,C,D,H,W). Exactly one of
+    displacement: (3,d,h,w) or (B,3,d,h,w) on the output grid; out(x) = volume(x + u(x));
+    affine: (3,4) or (B,3,4) voxel-space map; out(x) = volume(A x + b), output grid `shape`
+    (default: the volume's). A single volume with B transforms broadcasts; B volumes with one
+    transform too. mode "fill": corners outside contribute `fill`; "border": coordinates are
+    clamped to [0, n-1]. Returns float32 (B,C,d,h,w) if either input is batched, else the
+    volume's rank.
+    """
+    xp, impl = _backend("volume", volume)
+    _check_array("volume", volume, xp, (3, 4, 5))
+    border, fill_value = _mode(mode), _fill(fill)
+    if (displacement is None) == (affine is None):
+        raise ValueError("displacement/affine: give exactly one of them")
+    vol5 = _as5(volume)
+    vb, channels = vol5.shape[0], vol5.shape[1]
+
+    if displacement is not None:
+        disp_batched = _check_field("displacement", displacement, xp)
+        out_grid = tuple(displacement.shape[-3:])
+        if shape is not None and _shape3("shape", shape) != out_grid:
+            raise ValueError(f"shape: {tuple(shape)} differs from the displacement grid {out_grid}")
+        transform = _as5(displacement)
+        tb = transform.shape[0]
+        batched = disp_batched or volume.ndim == 5
+        op = impl.warp_displacement
+    else:
+        transform, aff_batched = _affine(affine, xp)
+        out_grid = tuple(volume.shape[-3:]) if shape is None else _shape3("shape", shape)
+        batched = aff_batched or volume.ndim == 5
+        tb = transform.shape[0]
+        op = impl.warp_affine
+
+    if vb > 1 and tb == 1:
+        # B volumes, one transform: fold the batch into channels (a free reshape).
+        src = vol5.reshape((1, vb * channels) + vol5.shape[2:])
+        out = xp.empty((1, vb * channels) + out_grid, dtype=np.float32)
+        op(src, transform, out, fill_value, border)
+        out = out.reshape((vb, channels) + out_grid)
+    else:
+        if vb != 1 and vb != tb:
+            _batch("volume", vb, "displacement" if displacement is not None else "affine", tb)
+        out = xp.empty((tb, channels) + out_grid, dtype=np.float32)
+        op(vol5, transform, out, fill_value, border)
+    if batched:
+        return out
+    return out[0] if volume.ndim == 4 else out[0, 0]
+
+
+def _affine(affine: Any, xp: ModuleType) -> tuple[Any, bool]:
+    """A (3,4) or (B,3,4) affine as float32 (B,3,4) on `xp`, and whether it was batched."""
+    try:
+        shape = tuple(affine.shape) if _is_cupy(affine) else np.shape(affine)
+    except ValueError:  # ragged nested lists; _small_matrix reports it
+        shape = ()
+    batch = shape[0] if len(shape) == 3 else 0
+    aff = _small_matrix("affine", affine, xp, ((3, 4), (batch, 3, 4)))
+    return aff.reshape(-1, 3, 4), aff.ndim == 3
+
+
+# --- compose --------------------------------------------------------------------------------
+
+
+def _broadcast_disp(xp: ModuleType, disp5: Any, b: int) -> Any:
+    # One displacement, B perturbations: rare, so materialise the copies.
+    return xp.ascontiguousarray(xp.broadcast_to(disp5, (b,) + tuple(disp5.shape[1:])))
+
+
+def compose(displacement: Any, *, affine: Any = None, field: Any = None, fill: float = 0.0,
+            mode: str = "border") -> Any:
+    """The sample's estimate g = tau o phi on the displacement's grid.
+
+    displacement u: (3,D,H,W) or (B,3,D,H,W). Exactly one of
+    affine (3,4)/(B,3,4): u_g(x) = A (x + u(x)) + b - x, exact;
+    field d (3,d,h,w)/(B,3,d,h,w) on the source grid: u_g(x) = u(x) + d(x + u(x)), trilinear,
+    points outside d's grid handled by `mode` ("border" clamps, "fill" uses `fill`).
+    Returns float32 (B,3,D,H,W) if either input is batched, else (3,D,H,W).
+    """
+    xp, impl = _backend("displacement", displacement)
+    disp_batched = _check_field("displacement", displacement, xp)
+    border, fill_value = _mode(mode), _fill(fill)
+    if (affine is None) == (field is None):
+        raise ValueError("affine/field: give exactly one of them")
+    disp5 = _as5(displacement)
+    b = disp5.shape[0]
+
+    if affine is not None:
+        other, other_batched = _affine(affine, xp)
+        name = "affine"
+    else:
+        other_batched = _check_field("field", field, xp)
+        other, name = _as5(field), "field"
+    ob = other.shape[0]
+    if ob != 1 and b != ob:
+        if b != 1:
+            _batch(name, ob, "displacement", b)
+        disp5 = _broadcast_disp(xp, disp5, ob)
+        b = ob
+    out = xp.empty(disp5.shape, dtype=np.float32)
+    if affine is not None:
+        impl.compose_affine(disp5, other, out)
+    else:
+        impl.compose_field(disp5, other, out, fill_value, border)
+    return out if (disp_batched or other_batched) else out[0]
+
+
+# --- B-spline -------------------------------------------------------------------------------
+
+
+def bspline_field(control: Any, shape: Any) -> Any:
+    """Dense (3,*shape) or (B,3,*shape) displacement from a cubic B-spline control grid.
+
+    control: (3,cD,cH,cW) or (B,3,cD,cH,cW), every c >= 4. Per axis with n voxels and c control
+    points: spacing s = (n-1)/(c-3), t = x/s + 1, i = min(floor(t), c-3), u = t - i, value =
+    sum_k B_k(u) ctrl[i-1+k] (uniform cubic basis); tensor product over the axes.
+    """
+    xp, impl = _backend("control", control)
+    batched = _check_field("control", control, xp)
+    if min(control.shape[-3:]) < 4:
+        raise ValueError(f"control: every spatial axis needs >= 4 control points, got {tuple(control.shape[-3:])}")
+    grid = _shape3("shape", shape)
+    ctrl5 = _as5(control)
+    out = xp.empty((ctrl5.shape[0], 3) + grid, dtype=np.float32)
+    impl.bspline_field(ctrl5, out)
+    return out if batched else out[0]
+
+
+# --- Welford --------------------------------------------------------------------------------
+
+
+class Welford:
+    """Streaming per-voxel mean and covariance of 3-vector fields on a (D,H,W) grid.
+
+    Memory is 9 float32 values per voxel whatever the number of samples; each batch is folded
+    in with double-precision per-voxel arithmetic. `like` picks the array module (a CuPy array
+    puts the accumulator on the GPU).
+    """
+
+    def __init__(self, shape: Any, like: Any = None) -> None:
+        self.shape = _shape3("shape", shape)
+        if like is None:
+            self._xp, self._impl = np, _core
+        else:
+            self._xp, self._impl = _backend("like", like)
+        n = self.shape[0] * self.shape[1] * self.shape[2]
+        self._count = 0
+        self._mean = self._xp.zeros((3, n), dtype=np.float32)
+        self._m2 = self._xp.zeros((6, n), dtype=np.float32)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the accumulator (mean and M2)."""
+        return int(self._mean.nbytes + self._m2.nbytes)
+
+    def update(self, batch: Any) -> "Welford":
+        """Fold in samples: (B,3,D,H,W), or one (3,D,H,W) field."""
+        _check_field("batch", batch, self._xp)
+        if tuple(batch.shape[-3:]) != self.shape:
+            raise ValueError(f"batch: grid {tuple(batch.shape[-3:])} differs from the accumulator's {self.shape}")
+        b5 = _as5(batch)
+        self._impl.welford_update(self._count, self._mean, self._m2,
+                                  b5.reshape(b5.shape[0], 3, -1))
+        self._count += int(b5.shape[0])
+        return self
+
+    def merge(self, other: "Welford") -> "Welford":
+        """Absorb another accumulator (Chan et al.); order of merges does not matter."""
+        if not isinstance(other, Welford):
+            raise ValueError(f"other: expected a Welford accumulator, got {type(other).__name__}")
+        if other.shape != self.shape:
+            raise ValueError(f"other: grid {other.shape} differs from this accumulator's {self.shape}")
+        if other._xp is not self._xp:
+            raise ValueError(f"other: lives on {other._xp.__name__}, this accumulator on {self._xp.__name__}")
+        if other._count == 0:
+            return self
+        mean_b, m2_b = other._mean, other._m2
+        if other is self:
+            mean_b, m2_b = mean_b.copy(), m2_b.copy()
+        self._impl.welford_merge(self._count, self._mean, self._m2, other._count, mean_b, m2_b)
+        self._count += other._count
+        return self
+
+    def _need(self, n: int, what: str) -> None:
+        if self._count < n:
+            raise ValueError(f"{what} needs at least {n} sample(s), the accumulator has {self._count}")
+
+    @property
+    def mean(self) -> Any:
+        """(3,D,H,W) float32 copy of the per-voxel mean."""
+        self._need(1, "mean")
+        return self._mean.reshape((3,) + self.shape).copy()
+
+    @property
+    def covariance(self) -> Any:
+        """(6,D,H,W) unbiased covariance, components xx, xy, xz, yy, yz, zz."""
+        self._need(2, "covariance")
+        cov = self._m2 * np.float32(1.0 / (self._count - 1))
+        return cov.reshape((6,) + self.shape)
+
+    def sigma(self, M: Any = None) -> Any:
+        """(D,H,W) sqrt(tr(M Sigma M^T)); M the 3x3 voxel->mm matrix (identity: voxels)."""
+        self._need(2, "sigma")
+        m = _small_matrix("M", np.eye(3) if M is None else M, self._xp, ((3, 3),))
+        out = self._xp.empty(self.shape, dtype=np.float32)
+        self._impl.welford_sigma(self._count, self._m2, m, out.reshape(-1))
+        return out
+
+    def axis_sigma(self, M: Any = None) -> Any:
+        """(3,D,H,W) sqrt(diag(M Sigma M^T)): the per-axis standard deviation in mm."""
+        self._need(2, "axis_sigma")
+        m = _small_matrix("M", np.eye(3) if M is None else M, self._xp, ((3, 3),))
+        out = self._xp.empty((3,) + self.shape, dtype=np.float32)
+        self._impl.welford_axis_sigma(self._count, self._m2, m, out.reshape(3, -1))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Welford(shape={self.shape}, count={self._count}, on={self._xp.__name__})"
+
+
+# --- threads and build ----------------------------------------------------------------------
+
+
+def set_num_threads(n: int) -> None:
+    """OpenMP team size for the CPU kernels (process-wide; results do not depend on it)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use (OpenMP's default until set_num_threads is called)."""
+    return int(_core.get_num_threads())
+
+
+def build_info() -> dict[str, Any]:
+    """How the native modules were built: openmp, cuda_module (regrisk._cuda present), compiler."""
+    info = dict(_core.build_info())
+    info["cuda_module"] = importlib.util.find_spec("regrisk._cuda") is not None
+    return info

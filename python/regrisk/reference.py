@@ -1,0 +1,200 @@
+"""Plain NumPy references of every native kernel in ``regrisk.kernels``, same signatures.
+
+Written for clarity, not speed: float64 arithmetic, whole-array NumPy, the textbook formulas
+(the B-spline field is the full 64-tap tensor product, the affine composition is A p + b - x
+as written). The tests compare the native kernels against these on random inputs, and these
+against SciPy where SciPy has the operation. NumPy arrays only. Outputs are float32 like the
+kernels'; argument checking is minimal (the kernels' own checks are tested separately).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "Welford"]
+
+
+def trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
+              mode: str = "fill", fill: float = 0.0) -> np.ndarray:
+    """Sample one (D,H,W) volume at voxel coordinates (z, y, x), align-corners, float64.
+
+    "fill": each of the 8 corners outside the volume contributes `fill`; NaN coordinates give
+    `fill`. "border": each coordinate is clamped to [0, n-1] first.
+    """
+    vol = np.asarray(vol, dtype=np.float64)
+    coords = [np.asarray(c, dtype=np.float64) for c in (z, y, x)]
+    if mode == "border":
+        coords = [np.clip(c, 0, n - 1) for c, n in zip(coords, vol.shape)]
+    valid = np.ones(coords[0].shape, dtype=bool)
+    for c in coords:
+        valid &= np.isfinite(c)
+    coords = [np.where(valid, c, -10.0) for c in coords]  # far outside: every corner is fill
+    base = [np.floor(c) for c in coords]
+    frac = [c - b for c, b in zip(coords, base)]
+    base = [b.astype(np.int64) for b in base]
+    out = np.zeros(coords[0].shape, dtype=np.float64)
+    for corner in range(8):
+        offs = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        weight = np.ones_like(out)
+        inside = np.ones(out.shape, dtype=bool)
+        index = []
+        for axis in range(3):
+            idx = base[axis] + offs[axis]
+            weight *= frac[axis] if offs[axis] else 1.0 - frac[axis]
+            inside &= (idx >= 0) & (idx < vol.shape[axis])
+            index.append(np.clip(idx, 0, vol.shape[axis] - 1))
+        value = vol[index[0], index[1], index[2]]
+        if mode != "border":
+            value = np.where(inside, value, fill)
+        out += weight * value
+    if mode == "border":
+        out[~valid] = np.nan  # a clamped NaN is still NaN
+    return out
+
+
+def _grid(shape: tuple[int, ...]) -> list[np.ndarray]:
+    return list(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+
+
+def _as5(a: np.ndarray) -> np.ndarray:
+    return a.reshape((1,) * (5 - a.ndim) + a.shape)
+
+
+def warp(volume: np.ndarray, displacement: np.ndarray | None = None, *, affine: Any = None,
+         shape: Any = None, fill: float = 0.0, mode: str = "fill") -> np.ndarray:
+    """Reference of kernels.warp: out(x) = volume(x + u(x)) or volume(A x + b)."""
+    vol5 = _as5(np.asarray(volume))
+    if displacement is not None:
+        disp = np.asarray(displacement, dtype=np.float64)
+        disp5 = _as5(disp)
+        out_grid = disp5.shape[2:]
+        grid = _grid(out_grid)
+        coords = [[grid[a] + disp5[b, a] for a in range(3)] for b in range(disp5.shape[0])]
+        batched = disp.ndim == 5 or np.ndim(volume) == 5
+    else:
+        aff = np.asarray(affine, dtype=np.float64)
+        batched = aff.ndim == 3 or np.ndim(volume) == 5
+        aff = aff.reshape(-1, 3, 4)
+        out_grid = tuple(np.shape(volume)[-3:]) if shape is None else tuple(shape)
+        grid = _grid(out_grid)
+        coords = [[aff[b, a, 0] * grid[0] + aff[b, a, 1] * grid[1] + aff[b, a, 2] * grid[2]
+                   + aff[b, a, 3] for a in range(3)] for b in range(aff.shape[0])]
+    n = max(vol5.shape[0], len(coords))
+    out = np.empty((n, vol5.shape[1]) + tuple(out_grid), dtype=np.float32)
+    for b in range(n):
+        c = coords[b if len(coords) > 1 else 0]
+        v = vol5[b if vol5.shape[0] > 1 else 0]
+        for ch in range(vol5.shape[1]):
+            out[b, ch] = trilinear(v[ch], *c, mode=mode, fill=fill)
+    if batched:
+        return out
+    return out[0] if np.ndim(volume) == 4 else out[0, 0]
+
+
+def compose(displacement: np.ndarray, *, affine: Any = None, field: np.ndarray | None = None,
+            fill: float = 0.0, mode: str = "border") -> np.ndarray:
+    """Reference of kernels.compose: A (x + u) + b - x, or u(x) + d(x + u(x))."""
+    disp = np.asarray(displacement, dtype=np.float64)
+    disp5 = _as5(disp)
+    grid = _grid(disp5.shape[2:])
+    if affine is not None:
+        aff = np.asarray(affine, dtype=np.float64)
+        other_batched, aff = aff.ndim == 3, aff.reshape(-1, 3, 4)
+        n = max(disp5.shape[0], aff.shape[0])
+        out = np.empty((n, 3) + disp5.shape[2:], dtype=np.float32)
+        for b in range(n):
+            u = disp5[b if disp5.shape[0] > 1 else 0]
+            a = aff[b if aff.shape[0] > 1 else 0]
+            p = [grid[i] + u[i] for i in range(3)]
+            for r in range(3):
+                out[b, r] = a[r, 0] * p[0] + a[r, 1] * p[1] + a[r, 2] * p[2] + a[r, 3] - grid[r]
+    else:
+        f = np.asarray(field)
+        other_batched, f5 = f.ndim == 5, _as5(f)
+        n = max(disp5.shape[0], f5.shape[0])
+        out = np.empty((n, 3) + disp5.shape[2:], dtype=np.float32)
+        for b in range(n):
+            u = disp5[b if disp5.shape[0] > 1 else 0]
+            d = f5[b if f5.shape[0] > 1 else 0]
+            p = [grid[i] + u[i] for i in range(3)]
+            for r in range(3):
+                out[b, r] = u[r] + trilinear(d[r], *p, mode=mode, fill=fill)
+    return out if (disp.ndim == 5 or other_batched) else out[0]
+
+
+def bspline_basis(n: int, c: int) -> np.ndarray:
+    """(n, c) matrix W with field = W @ ctrl along one axis (uniform cubic B-spline)."""
+    x = np.arange(n, dtype=np.float64)
+    t = x * (c - 3) / (n - 1) + 1.0 if n > 1 else np.ones(1)
+    i = np.minimum(np.floor(t), c - 3).astype(np.int64)
+    u = t - i
+    w = np.stack([(1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6,
+                  (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6], axis=1)
+    mat = np.zeros((n, c))
+    for k in range(4):
+        mat[np.arange(n), i - 1 + k] += w[:, k]
+    return mat
+
+
+def bspline_field(control: np.ndarray, shape: Any) -> np.ndarray:
+    """Reference of kernels.bspline_field: the full tensor product, 64 taps per voxel."""
+    ctrl = np.asarray(control, dtype=np.float64)
+    c5 = _as5(ctrl)
+    wz, wy, wx = (bspline_basis(int(n), c) for n, c in zip(shape, c5.shape[2:]))
+    out = np.einsum("zi,yj,xk,bcijk->bczyx", wz, wy, wx, c5).astype(np.float32)
+    return out if ctrl.ndim == 5 else out[0]
+
+
+class Welford:
+    """Reference accumulator: float64 Welford one sample at a time, Chan's merge."""
+
+    def __init__(self, shape: Any, like: Any = None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.count = 0
+        self._mean = np.zeros((3,) + self.shape)
+        self._m2 = np.zeros((3, 3) + self.shape)
+
+    def update(self, batch: np.ndarray) -> "Welford":
+        b5 = _as5(np.asarray(batch, dtype=np.float64))
+        for x in b5:
+            self.count += 1
+            delta = x - self._mean
+            self._mean += delta / self.count
+            self._m2 += delta[:, None] * (x - self._mean)[None, :]
+        return self
+
+    def merge(self, other: "Welford") -> "Welford":
+        n = self.count + other.count
+        if other.count:
+            delta = other._mean - self._mean
+            self._m2 += other._m2 + delta[:, None] * delta[None, :] * (self.count * other.count / n)
+            self._mean += delta * (other.count / n)
+            self.count = n
+        return self
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean.astype(np.float32)
+
+    def _cov33(self) -> np.ndarray:
+        if self.count < 2:
+            raise ValueError("covariance needs at least 2 samples")
+        return self._m2 / (self.count - 1)
+
+    @property
+    def covariance(self) -> np.ndarray:
+        c = self._cov33()
+        return np.stack([c[0, 0], c[0, 1], c[0, 2], c[1, 1], c[1, 2], c[2, 2]]).astype(np.float32)
+
+    def _mapped(self, M: Any) -> np.ndarray:
+        m = np.eye(3) if M is None else np.asarray(M, dtype=np.float64)
+        # (M S M^T)_rr for every voxel.
+        return np.einsum("ri,ij...,rj->r...", m, self._cov33(), m)
+
+    def sigma(self, M: Any = None) -> np.ndarray:
+        return np.sqrt(np.maximum(self._mapped(M).sum(axis=0), 0)).astype(np.float32)
+
+    def axis_sigma(self, M: Any = None) -> np.ndarray:
+        return np.sqrt(np.maximum(self._mapped(M), 0)).astype(np.float32)
