@@ -1,0 +1,161 @@
+// CUDA kernels for warp: one thread per output voxel of one batch item; the sample coordinate
+// is computed once and reused for every channel. Per-voxel math is shared with the CPU build:
+// regrisk::sample_trilinear (common/sampling.h), affine_point and broadcast_index (warp/warp.h).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common/sampling.h"
+#include "warp/warp.h"
+#include "warp/warpCUDA.h"
+
+namespace regrisk::cuda {
+
+namespace detail {
+
+void use_device(int device) {
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
+  const cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("regrisk._cuda: cannot use CUDA device ") +
+                             std::to_string(device) + ": " + cudaGetErrorString(err));
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("regrisk._cuda: ") + what + " failed: " +
+                             cudaGetErrorString(err));
+  }
+}
+
+void check_voxels(int64_t voxels, const char* what) {
+  if (voxels > int64_t(UINT32_MAX)) {
+    throw std::runtime_error(std::string("regrisk._cuda: ") + what +
+                             ": more than 2^32 voxels per volume is not supported");
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks along x cover the voxels of one volume (grid-stride), blocks along y the batch.
+dim3 grid_for(int64_t voxels, int64_t batch) {
+  const int64_t blocks = (voxels + kThreads - 1) / kThreads;
+  return dim3(static_cast<unsigned>(blocks < 65535 * 64 ? blocks : 65535 * 64),
+              static_cast<unsigned>(batch < 65535 ? batch : 65535));
+}
+
+// Output grid with 32-bit extents: the unravel divisions are the hot integer work per voxel.
+struct Dims32 {
+  uint32_t d, h, w;
+};
+
+__device__ __forceinline__ void unravel(uint32_t n, const Dims32& o, float& i, float& j, float& k) {
+  const uint32_t t = n / o.w;
+  k = static_cast<float>(n - t * o.w);
+  const uint32_t i_ = t / o.h;
+  j = static_cast<float>(t - i_ * o.h);
+  i = static_cast<float>(i_);
+}
+
+template <Boundary M>
+__global__ void __launch_bounds__(kThreads)
+    warp_displacement_kernel(const float* __restrict__ volume, int64_t bv, int64_t c, Grid3 in,
+                             const float* __restrict__ disp, int64_t b, Dims32 o,
+                             float* __restrict__ out, float fill) {
+  const int64_t n_out = int64_t(o.d) * o.h * o.w;
+  const int64_t n_in = in.size();
+  for (int64_t bi = blockIdx.y; bi < b; bi += gridDim.y) {
+    const float* __restrict__ u = disp + bi * 3 * n_out;
+    const float* __restrict__ vol = volume + broadcast_index(bi, bv) * c * n_in;
+    float* __restrict__ dst = out + bi * c * n_out;
+    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < n_out;
+         n += int64_t(gridDim.x) * blockDim.x) {
+      float i, j, k;
+      unravel(static_cast<uint32_t>(n), o, i, j, k);
+      const float z = i + u[n], y = j + u[n_out + n], x = k + u[2 * n_out + n];
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dst[ch * n_out + n] = sample_trilinear(vol + ch * n_in, in, z, y, x, M, fill);
+      }
+    }
+  }
+}
+
+template <Boundary M>
+__global__ void __launch_bounds__(kThreads)
+    warp_affine_kernel(const float* __restrict__ volume, int64_t bv, int64_t c, Grid3 in,
+                       const float* __restrict__ affine, int64_t b, Dims32 o,
+                       float* __restrict__ out, float fill) {
+  const int64_t n_out = int64_t(o.d) * o.h * o.w;
+  const int64_t n_in = in.size();
+  for (int64_t bi = blockIdx.y; bi < b; bi += gridDim.y) {
+    const float* a = affine + bi * 12;  // uniform across the block: served from cache
+    const float* __restrict__ vol = volume + broadcast_index(bi, bv) * c * n_in;
+    float* __restrict__ dst = out + bi * c * n_out;
+    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < n_out;
+         n += int64_t(gridDim.x) * blockDim.x) {
+      float i, j, k;
+      unravel(static_cast<uint32_t>(n), o, i, j, k);
+      // Coordinate in double, sample in float: the CPU build's arithmetic exactly.
+      double z, y, x;
+      affine_point<double>(a, i, j, k, z, y, x);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dst[ch * n_out + n] = sample_trilinear(vol + ch * n_in, in, static_cast<float>(z),
+                                               static_cast<float>(y), static_cast<float>(x), M,
+                                               fill);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void warp_displacement(const float* volume, int64_t bv, int64_t c, int64_t D, int64_t H, int64_t W,
+                       const float* disp, int64_t b, int64_t d, int64_t h, int64_t w, float* out,
+                       float fill, bool border, int device, std::uintptr_t stream) {
+  const int64_t n_out = d * h * w;
+  if (b == 0 || c == 0 || n_out == 0) return;
+  detail::check_voxels(n_out, "warp_displacement");
+  detail::use_device(device);
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  const Grid3 in{D, H, W};
+  const Dims32 o{uint32_t(d), uint32_t(h), uint32_t(w)};
+  if (border) {
+    warp_displacement_kernel<Boundary::Border>
+        <<<grid_for(n_out, b), kThreads, 0, s>>>(volume, bv, c, in, disp, b, o, out, fill);
+  } else {
+    warp_displacement_kernel<Boundary::Fill>
+        <<<grid_for(n_out, b), kThreads, 0, s>>>(volume, bv, c, in, disp, b, o, out, fill);
+  }
+  detail::check_launch("warp_displacement");
+}
+
+void warp_affine(const float* volume, int64_t bv, int64_t c, int64_t D, int64_t H, int64_t W,
+                 const float* affine, int64_t b, int64_t d, int64_t h, int64_t w, float* out,
+                 float fill, bool border, int device, std::uintptr_t stream) {
+  const int64_t n_out = d * h * w;
+  if (b == 0 || c == 0 || n_out == 0) return;
+  detail::check_voxels(n_out, "warp_affine");
+  detail::use_device(device);
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
+  const Grid3 in{D, H, W};
+  const Dims32 o{uint32_t(d), uint32_t(h), uint32_t(w)};
+  if (border) {
+    warp_affine_kernel<Boundary::Border>
+        <<<grid_for(n_out, b), kThreads, 0, s>>>(volume, bv, c, in, affine, b, o, out, fill);
+  } else {
+    warp_affine_kernel<Boundary::Fill>
+        <<<grid_for(n_out, b), kThreads, 0, s>>>(volume, bv, c, in, affine, b, o, out, fill);
+  }
+  detail::check_launch("warp_affine");
+}
+
+}  // namespace regrisk::cuda
