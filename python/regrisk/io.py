@@ -1,0 +1,195 @@
+"""NIfTI in and out: load and validate images, write results into an output folder atomically.
+
+Inputs are 3-D scalar images (a 4-D image with a single volume is accepted), finite and not
+constant, with an invertible affine. Outputs are written into a temporary folder beside the
+destination and renamed into place at the end, so a failure or Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+
+@dataclass
+class Image:
+    """A volume (D, H, W) float32 with its voxel->world (mm) affine (4, 4) float64."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    label: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+
+def load_image(spec: Any, role: str = "image") -> Image:
+    """An :class:`Image` from a path, a nibabel image, or an ``(array, affine)`` pair."""
+    import nibabel as nib
+
+    if isinstance(spec, Image):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        label = f"{role} {path}"
+        if not path.exists():
+            raise InputError(f"{label}: no such file")
+        if not path.is_file():
+            raise InputError(f"{label}: not a file")
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for unknown/corrupt headers
+            raise InputError(f"{label}: not a readable NIfTI image ({_short(exc)})") from None
+        label_img = label
+        try:
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:  # truncated or corrupt payload (EOFError, zlib.error, ...)
+            raise InputError(f"{label_img}: image data is truncated or corrupt ({_short(exc)})") from None
+        affine = np.asarray(img.affine, dtype=np.float64)
+    elif isinstance(spec, tuple) and len(spec) == 2:
+        data, affine = np.asarray(spec[0]), np.asarray(spec[1], dtype=np.float64)
+        label = f"{role} array"
+        if affine.shape != (4, 4):
+            raise InputError(f"{label}: affine must be 4x4, got {affine.shape}")
+    elif hasattr(spec, "dataobj") and hasattr(spec, "affine"):
+        label = f"{role} image"
+        try:
+            data = np.asanyarray(spec.dataobj)
+        except Exception as exc:
+            raise InputError(f"{label}: image data is unreadable ({_short(exc)})") from None
+        affine = np.asarray(spec.affine, dtype=np.float64)
+    else:
+        raise InputError(f"{role}: expected a path, a nibabel image or an (array, affine) pair, "
+                         f"got {type(spec).__name__}")
+    return validate(data, affine, label)
+
+
+def validate(data: np.ndarray, affine: np.ndarray, label: str) -> Image:
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 5 and data.shape[3:] == (1, 1):
+        data = data[..., 0, 0]
+    if data.ndim != 3:
+        raise InputError(f"{label}: expected a 3-D scalar image, got shape {tuple(data.shape)}")
+    if min(data.shape) < 2:
+        raise InputError(f"{label}: every axis needs at least 2 voxels, got shape {tuple(data.shape)}")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise InputError(f"{label}: voxel type {data.dtype} is not a real number type")
+    vol = np.ascontiguousarray(data, dtype=np.float32)
+    finite = np.isfinite(vol)
+    if not finite.all():
+        bad = int(vol.size - finite.sum())
+        raise InputError(f"{label}: {bad} voxel(s) are NaN or Inf")
+    if float(vol.max()) == float(vol.min()):
+        raise InputError(f"{label}: the image is constant ({float(vol.min()):g} everywhere)")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{label}: the affine is not invertible")
+    return Image(vol, affine, label)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse early (before any computation) when ``out_dir`` cannot be written as asked."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out}: exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out}: already exists (use --overwrite / overwrite=True)")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"output {out}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output {out}: parent folder {parent} is not writable")
+    return out
+
+
+class OutputFolder:
+    """Context manager: yields a temporary folder beside ``out_dir``; on success it replaces
+    ``out_dir`` (only if ``overwrite``), on any exception (Ctrl-C included) it is removed."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
+        self.out = check_output(out_dir, overwrite)
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        parent = self.out.absolute().parent
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            if self.out.exists():
+                if not self.overwrite:
+                    raise OutputError(f"output {self.out}: appeared while running; not replaced")
+                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                os.replace(self.out, old)
+                os.replace(self.tmp, self.out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.out)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, vector: bool = False,
+               mm: bool = True, description: str = "") -> None:
+    """Write ``data`` with the ``affine`` (sform and qform). ``vector``: data is (3, D, H, W)
+    and is stored as (D, H, W, 1, 3) with the NIfTI vector intent (one vector per voxel)."""
+    import nibabel as nib
+
+    arr = np.asarray(data, dtype=np.float32)
+    if vector:
+        arr = np.moveaxis(arr, 0, -1)[:, :, :, None, :]
+    elif arr.ndim == 4:  # a stack of scalar volumes: (C, D, H, W) -> (D, H, W, C)
+        arr = np.moveaxis(arr, 0, -1)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
+    hdr = img.header
+    hdr.set_data_dtype(np.float32)
+    img.set_sform(affine, code=2)
+    img.set_qform(affine, code=2)
+    hdr.set_xyzt_units(xyz="mm")
+    if vector:
+        hdr.set_intent("vector", (), name="displacement_mm")
+    if description:
+        hdr["descrip"] = description[:79].encode()
+    nib.save(img, str(path))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
