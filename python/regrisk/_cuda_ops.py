@@ -130,3 +130,31 @@ def welford_axis_sigma(count: int, m2: Array, M: Any, out: Array) -> None:
     device, stream = _launch_context(m2, out)
     _cuda.welford_axis_sigma(int(count), m2.data.ptr, _matrix9(M), out.data.ptr, m2.shape[1],
                              device, stream)
+
+
+class SideStream:
+    """A private non-blocking CUDA stream ordered against the caller's current CuPy stream.
+
+    Backends that run a foreign runtime (ONNX Runtime, TensorRT) give it this stream:
+    ``enter()`` makes it wait for everything already queued on the caller's stream (the inputs),
+    ``leave()`` makes the caller's stream wait for everything queued on it (the outputs). The
+    ordering is by CUDA events on the device; the host never blocks. A dedicated stream is needed
+    because both runtimes treat handle 0 (CuPy's default legacy stream) as "no stream".
+    """
+
+    def __init__(self, device_id: int) -> None:
+        self.device_id = int(device_id)
+        with cupy.cuda.Device(self.device_id):
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    @property
+    def ptr(self) -> int:
+        return int(self.stream.ptr)
+
+    def enter(self) -> Any:
+        caller = cupy.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())
+        return caller
+
+    def leave(self, caller: Any) -> None:
+        caller.wait_event(self.stream.record())
