@@ -121,7 +121,7 @@ def _resolve(name: str) -> Callable[..., Backend]:
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ModelError(f"unknown backend {name!r}; known: {', '.join(available_backends())}")
-    if callable(entry):
+    if not isinstance(entry, str):  # a factory (note: `callable` is shadowed by .callable)
         return entry
     module_name, _, attr = entry.partition(":")
     module = importlib.import_module(module_name, __name__)

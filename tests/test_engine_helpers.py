@@ -1,0 +1,191 @@
+"""Shared builders for the engine tests: real ONNX graphs (onnx.helper) and NIfTI files.
+
+The centre-of-mass model predicts u = com(S) - com(T), a constant field. It is exactly
+equivariant to translations (trilinear interpolation preserves mass and shifts the first moment
+exactly for an image with compact support), and under an isotropic scale tau(y) = s (y - c) + c
+the composed sample is u_g(x) = (s - 1)(x - com(T)) + const, so
+sigma(x) = std(s) * |M (x - com(T))| analytically.
+
+The graph can emit the field in any card convention: the conversion from canonical form is
+written here from the definitions in DESIGN.md (independently of regrisk.conventions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def coords(shape: tuple[int, int, int]) -> np.ndarray:
+    return np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+
+
+def com(volume: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centre of mass (3,) in voxels, float64."""
+    v = volume.astype(np.float64)
+    g = coords(volume.shape).astype(np.float64)
+    return (g * v).reshape(3, -1).sum(1) / v.sum()
+
+
+def blob(shape: tuple[int, int, int], centre, width: float = 2.0) -> np.ndarray:
+    """A Gaussian blob, effectively zero at the borders (compact support for the tests)."""
+    g = coords(shape)
+    c = np.asarray(centre, dtype=np.float32)[:, None, None, None]
+    r2 = ((g - c) ** 2).sum(0)
+    v = np.exp(-r2 / (2 * width ** 2))
+    v[v < 1e-3] = 0
+    return v.astype(np.float32)
+
+
+def convention_scale_offset(units: str, align_corners: bool, shape) -> tuple[np.ndarray, np.ndarray]:
+    """v = scale * p + offset for a position p in voxels (DESIGN.md / card docs)."""
+    n = np.asarray(shape, dtype=np.float64)
+    if units == "voxel":
+        return np.ones(3), np.zeros(3)
+    if units == "unit":
+        return (1 / (n - 1), np.zeros(3)) if align_corners else (1 / n, 0.5 / n)
+    if align_corners:
+        return 2 / (n - 1), -np.ones(3)
+    return 2 / n, 1 / n - 1
+
+
+def canonical_to_convention(u: np.ndarray, kind: str, units: str, align_corners: bool,
+                            order: str, axis: str) -> np.ndarray:
+    """(B,3,D,H,W) canonical -> the card's convention, in plain NumPy."""
+    shape = u.shape[2:]
+    scale, offset = convention_scale_offset(units, align_corners, shape)
+    a = u.astype(np.float64)
+    if kind == "map":
+        a = a + coords(shape)[None]
+        a = a * scale[None, :, None, None, None] + offset[None, :, None, None, None]
+    else:
+        a = a * scale[None, :, None, None, None]
+    if order == "xyz":
+        a = a[:, ::-1]
+    if axis == "last":
+        a = np.moveaxis(a, 1, -1)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def com_model(path: Path, grid: tuple[int, int, int], *, batch: int | str = "B",
+              layout: str = "pair", order: tuple[str, str] = ("source", "target"),
+              kind: str = "displacement", units: str = "voxel", align_corners: bool = True,
+              channel_order: str = "ijk", channel_axis: str = "first",
+              names: dict[str, str] | None = None, card: dict | None | bool = True,
+              noise: float = 0.0) -> Path:
+    """Write the centre-of-mass registration model as ONNX, with its card unless card=False.
+
+    ``noise`` > 0 adds a RandomNormal constant per sample (a stochastic graph: one draw per
+    pass, the same vector over the whole grid).
+    """
+    names = {"source": "source", "target": "target", "concat": "pair", "output": "flow", **(names or {})}
+    D, H, W = grid
+    g = coords(grid)
+    inits = [
+        numpy_helper.from_array(g[None], "grid"),
+        numpy_helper.from_array(np.zeros((1, 3, D, H, W), np.float32), "zeros"),
+        numpy_helper.from_array(np.array([1, 2, 3, 4], np.int64), "ax_all"),
+        numpy_helper.from_array(np.array([2, 3, 4], np.int64), "ax_sp"),
+    ]
+    nodes = []
+    inputs = []
+    if layout == "pair":
+        s_name, t_name = names["source"], names["target"]
+        inputs = [helper.make_tensor_value_info(s_name, TensorProto.FLOAT, [batch, 1, D, H, W]),
+                  helper.make_tensor_value_info(t_name, TensorProto.FLOAT, [batch, 1, D, H, W])]
+    else:
+        inputs = [helper.make_tensor_value_info(names["concat"], TensorProto.FLOAT, [batch, 2, D, H, W])]
+        first, second = ("S", "T") if order == ("source", "target") else ("T", "S")
+        inits.append(numpy_helper.from_array(np.array([1, 1], np.int64), "split"))
+        nodes.append(helper.make_node("Split", [names["concat"], "split"], [first, second], axis=1))
+        s_name, t_name = "S", "T"
+    for tag, x in (("s", s_name), ("t", t_name)):
+        nodes += [
+            helper.make_node("ReduceSum", [x, "ax_all"], [f"mass_{tag}"], keepdims=1),
+            helper.make_node("Mul", [x, "grid"], [f"wx_{tag}"]),
+            helper.make_node("ReduceSum", [f"wx_{tag}", "ax_sp"], [f"mom_{tag}"], keepdims=1),
+            helper.make_node("Div", [f"mom_{tag}", f"mass_{tag}"], [f"com_{tag}"]),
+        ]
+    nodes.append(helper.make_node("Sub", ["com_s", "com_t"], ["u_small"]))
+    cur = "u_small"
+    if noise > 0:
+        nodes += [
+            helper.make_node("RandomNormalLike", ["u_small"], ["eps"], scale=float(noise)),
+            helper.make_node("Add", ["u_small", "eps"], ["u_noisy"]),
+        ]
+        cur = "u_noisy"
+    nodes.append(helper.make_node("Add", [cur, "zeros"], ["u"]))
+    cur = "u"
+    # canonical -> the declared convention
+    scale, offset = convention_scale_offset(units, align_corners, grid)
+    if kind == "map":
+        nodes.append(helper.make_node("Add", [cur, "grid"], ["phi"]))
+        cur = "phi"
+    if units != "voxel":
+        inits.append(numpy_helper.from_array(scale.astype(np.float32).reshape(1, 3, 1, 1, 1), "scale"))
+        nodes.append(helper.make_node("Mul", [cur, "scale"], ["scaled"]))
+        cur = "scaled"
+        if kind == "map":
+            inits.append(numpy_helper.from_array(offset.astype(np.float32).reshape(1, 3, 1, 1, 1), "offset"))
+            nodes.append(helper.make_node("Add", [cur, "offset"], ["shifted"]))
+            cur = "shifted"
+    if channel_order == "xyz":
+        inits.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "rev"))
+        nodes.append(helper.make_node("Gather", [cur, "rev"], ["reordered"], axis=1))
+        cur = "reordered"
+    if channel_axis == "last":
+        nodes.append(helper.make_node("Transpose", [cur], ["lastaxis"], perm=[0, 2, 3, 4, 1]))
+        cur = "lastaxis"
+    nodes.append(helper.make_node("Identity", [cur], [names["output"]]))
+    out_shape = [batch, 3, D, H, W] if channel_axis == "first" else [batch, D, H, W, 3]
+    graph = helper.make_graph(nodes, "com_registration", inputs,
+                              [helper.make_tensor_value_info(names["output"], TensorProto.FLOAT, out_shape)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if card is not False:
+        from regrisk.card import METADATA_KEY
+
+        card_dict = {
+            "name": "com", "grid": list(grid),
+            "inputs": {"layout": layout, "source": names["source"], "target": names["target"],
+                       "concat": names["concat"], "order": list(order)},
+            "output": {"name": names["output"], "kind": kind, "units": units,
+                       "align_corners": align_corners, "channel_order": channel_order,
+                       "channel_axis": channel_axis},
+            "batch": "fixed" if isinstance(batch, int) else "dynamic",
+            "batch_size": batch if isinstance(batch, int) else 1,
+            "preprocess": {"method": "none"},
+            "stochastic": noise > 0,
+        }
+        if isinstance(card, dict):
+            card_dict.update(card)
+        import json
+
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(card_dict)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
+def oblique_affine(spacing=(1.5, 1.0, 2.0), angle_deg: float = 20.0, origin=(-10.0, 5.0, 3.0)) -> np.ndarray:
+    """A non-identity NIfTI affine: rotation about z, anisotropic voxels, an offset."""
+    a = np.deg2rad(angle_deg)
+    R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    A = np.eye(4)
+    A[:3, :3] = R @ np.diag(spacing)
+    A[:3, 3] = origin
+    return A
