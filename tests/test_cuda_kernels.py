@@ -1,0 +1,256 @@
+"""CUDA kernels (regrisk.kernels on CuPy arrays -> regrisk._cuda) against the CPU kernels
+(regrisk.kernels on NumPy -> regrisk._core), which test_kernels.py checks against the NumPy
+reference and SciPy. The GPU comparisons skip with the reason when this machine cannot run
+CUDA; the build and import checks run everywhere."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regrisk import device
+from regrisk import kernels as K
+
+READY, REASON = device.cuda_ready()
+gpu = pytest.mark.skipif(not READY, reason=f"needs a CUDA GPU with CuPy and regrisk._cuda: {REASON}")
+
+# Odd, non-cubic, degenerate grids (one-voxel axes), as in test_kernels.py.
+SHAPES = [(1, 1, 1), (5, 6, 7), (2, 9, 4), (8, 3, 1), (17, 13, 11)]
+MODES = ["fill", "border"]
+TOL = dict(atol=1e-5, rtol=1e-5)  # rtol for fields whose values reach tens of voxels
+
+# The internal API regrisk.kernels calls for CuPy arrays (names and argument order).
+CONTRACT = {
+    "warp_displacement": ["volume", "disp", "out", "fill", "border"],
+    "warp_affine": ["volume", "affine", "out", "fill", "border"],
+    "compose_affine": ["disp", "affine", "out"],
+    "compose_field": ["disp", "field", "out", "fill", "border"],
+    "bspline_field": ["control", "out"],
+    "welford_update": ["count_before", "mean", "m2", "batch"],
+    "welford_merge": ["n_a", "mean_a", "m2_a", "n_b", "mean_b", "m2_b"],
+    "welford_sigma": ["count", "m2", "M", "out"],
+    "welford_axis_sigma": ["count", "m2", "M", "out"],
+}
+
+
+# --- everywhere: build, import and contract -------------------------------------------------
+
+
+def test_import_needs_neither_gpu_nor_cupy():
+    # A child process where `import cupy` fails, as on a machine without CuPy.
+    code = (
+        "import sys; sys.modules['cupy'] = None\n"
+        "import numpy as np, regrisk, regrisk.kernels as K, regrisk.device as d\n"
+        "r = d.device_report()\n"
+        "assert r['cuda_ready'] is False and r['cupy']['usable'] is False, r\n"
+        "assert K.warp(np.ones((2, 2, 2), np.float32), affine=np.eye(3, 4)).sum() == 8\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+
+
+def test_cuda_ops_exposes_the_kernels_contract():
+    # Parsed, not imported: the module needs CuPy, the contract must hold without it too.
+    spec = importlib.util.find_spec("regrisk._cuda_ops")
+    tree = ast.parse(Path(spec.origin).read_text())
+    found = {f.name: [a.arg for a in f.args.args] for f in tree.body if isinstance(f, ast.FunctionDef)}
+    for name, args in CONTRACT.items():
+        assert found.get(name) == args, f"_cuda_ops.{name}{tuple(found.get(name, ()))} != {tuple(args)}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("regrisk._cuda") is None,
+                    reason="regrisk._cuda not built (no CUDA compiler when regrisk was installed)")
+def test_cuda_module_binds_every_kernel():
+    import regrisk._cuda as cu
+
+    for name in CONTRACT:
+        assert callable(getattr(cu, name)), name
+    # The bindings take raw pointers, shapes, the device and the stream (no arrays).
+    doc = cu.warp_displacement.__doc__
+    for arg in ("volume", "disp", "out", "fill", "border", "device", "stream"):
+        assert arg in doc
+
+
+@pytest.mark.skipif(importlib.util.find_spec("regrisk._cuda") is None or device.gpu_present(),
+                    reason="needs regrisk._cuda built and no GPU on this machine")
+def test_cuda_module_without_gpu_raises_a_clear_error():
+    import regrisk._cuda as cu
+
+    with pytest.raises(RuntimeError, match=r"regrisk\._cuda: cannot use CUDA device 0"):
+        cu.welford_sigma(3, 0, [1.0] * 9, 0, 10, 0, 0)
+
+
+def test_device_report_is_consistent():
+    import json
+
+    r = device.device_report()
+    json.dumps(r)  # serialisable for `regrisk info --json`
+    assert r["cuda_ready"] == READY
+    assert (r["cuda_reason"] is None) == READY
+    assert r["cuda_kernels_built"] == (importlib.util.find_spec("regrisk._cuda") is not None)
+    ort = r["onnxruntime"]
+    if ort["installed"]:
+        import onnxruntime
+
+        assert ort["providers"] == onnxruntime.get_available_providers()
+    for name, why in r["cuda_backends"].items():
+        assert why is None or (isinstance(why, str) and why), name
+        if not READY:
+            assert why is not None, f"{name} claims to run without a usable GPU"
+
+
+# --- on a GPU: every kernel equals the CPU kernel ------------------------------------------
+
+
+def _cp():
+    import cupy
+
+    return cupy
+
+
+def _vol(rng, shape, lead=()):
+    return rng.uniform(-1, 2, tuple(lead) + tuple(shape)).astype(np.float32)
+
+
+def _field(rng, shape, scale, batch=None):
+    lead = () if batch is None else (batch,)
+    return (rng.standard_normal(lead + (3,) + tuple(shape)) * scale).astype(np.float32)
+
+
+def _affine(rng, batch, jitter=0.2, shift=3.0):
+    a = np.broadcast_to(np.eye(3, 4), (batch, 3, 4)).copy()
+    a[..., :3] += rng.uniform(-jitter, jitter, (batch, 3, 3))
+    a[..., 3] += rng.uniform(-shift, shift, (batch, 3))
+    return a.astype(np.float32)
+
+
+def _same(gpu_out, cpu_out, **tol):
+    cp = _cp()
+    assert isinstance(gpu_out, cp.ndarray) and gpu_out.dtype == np.float32
+    assert gpu_out.shape == cpu_out.shape
+    np.testing.assert_allclose(cp.asnumpy(gpu_out), cpu_out, **(tol or TOL))
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scale", [0.7, 25.0])  # inside, and far enough to leave the volume
+def test_warp_displacement(rng, shape, mode, scale):
+    cp = _cp()
+    vol = _vol(rng, shape, (2,))
+    out_shape = (shape[0] + 1, shape[1], max(1, shape[2] - 1))  # output grid != input grid
+    disp = _field(rng, out_shape, scale, batch=3)
+    want = K.warp(vol, disp, mode=mode, fill=-0.5)
+    _same(K.warp(cp.asarray(vol), cp.asarray(disp), mode=mode, fill=-0.5), want)
+    # One volume per batch item (Bv == B).
+    vols = _vol(rng, shape, (3, 2))
+    _same(K.warp(cp.asarray(vols), cp.asarray(disp), mode=mode), K.warp(vols, disp, mode=mode))
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_warp_affine(rng, shape, mode):
+    cp = _cp()
+    vol = _vol(rng, shape, (1,))
+    aff = _affine(rng, 4, shift=max(shape))  # shifts push many points outside
+    out_shape = (shape[2] + 2, shape[0], shape[1])
+    want = K.warp(vol, affine=aff, shape=out_shape, mode=mode, fill=0.25)
+    _same(K.warp(cp.asarray(vol), affine=cp.asarray(aff), shape=out_shape, mode=mode, fill=0.25), want)
+    # A NumPy affine with a CuPy volume (small parameter arrays may live on the host).
+    _same(K.warp(cp.asarray(vol), affine=aff, shape=out_shape, mode=mode, fill=0.25), want)
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES)
+def test_compose_affine(rng, shape):
+    cp = _cp()
+    disp = _field(rng, shape, 3.0, batch=3)
+    for aff in (_affine(rng, 3), _affine(rng, 1)):  # Ba == B and Ba == 1
+        want = K.compose(disp, affine=aff)
+        _same(K.compose(cp.asarray(disp), affine=cp.asarray(aff)), want)
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_compose_field(rng, shape, mode):
+    cp = _cp()
+    disp = _field(rng, shape, 4.0, batch=2)  # large enough to sample outside the field
+    fshape = (shape[0] + 2, max(1, shape[1] - 1), shape[2] + 3)
+    for field in (_field(rng, fshape, 2.0, batch=2), _field(rng, fshape, 2.0, batch=1)):
+        want = K.compose(disp, field=field, mode=mode, fill=0.5)
+        _same(K.compose(cp.asarray(disp), field=cp.asarray(field), mode=mode, fill=0.5), want)
+
+
+@gpu
+@pytest.mark.parametrize("shape,ctrl", [((1, 1, 1), (4, 4, 4)), ((9, 10, 11), (4, 5, 6)),
+                                        ((33, 17, 8), (7, 4, 9)), ((40, 48, 56), (10, 10, 10))])
+def test_bspline_field(rng, shape, ctrl):
+    cp = _cp()
+    control = (rng.uniform(-12.5, 12.5, (3, 3) + ctrl)).astype(np.float32)
+    want = K.bspline_field(control, shape)
+    _same(K.bspline_field(cp.asarray(control), shape), want)
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 6, 7), (17, 13, 11)])
+def test_welford_update_merge_sigma(rng, shape):
+    cp = _cp()
+    M = np.array([[0.9, 0.1, 0.0], [0.0, 1.2, -0.2], [0.05, 0.0, 2.0]], np.float32)
+    cpu_a, gpu_a = K.Welford(shape), K.Welford(shape, like=cp.zeros(1, np.float32))
+    cpu_b, gpu_b = K.Welford(shape), K.Welford(shape, like=cp.zeros(1, np.float32))
+    # Offset samples with a small spread: the case float32 accumulation would get wrong.
+    for acc_cpu, acc_gpu, sizes in ((cpu_a, gpu_a, (3, 1, 4)), (cpu_b, gpu_b, (5,))):
+        for b in sizes:
+            batch = (100.0 + rng.standard_normal((b, 3) + shape) * 0.01).astype(np.float32)
+            acc_cpu.update(batch)
+            acc_gpu.update(cp.asarray(batch))
+    for acc_cpu, acc_gpu in ((cpu_a, gpu_a), (cpu_b, gpu_b)):
+        assert acc_gpu.count == acc_cpu.count
+        _same(acc_gpu.mean, acc_cpu.mean)
+        _same(acc_gpu.covariance, acc_cpu.covariance, atol=1e-9, rtol=1e-4)
+    cpu_a.merge(cpu_b)
+    gpu_a.merge(gpu_b)
+    assert gpu_a.count == 13
+    _same(gpu_a.mean, cpu_a.mean)
+    _same(gpu_a.covariance, cpu_a.covariance, atol=1e-9, rtol=1e-4)
+    _same(gpu_a.sigma(M), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
+    _same(gpu_a.axis_sigma(M), cpu_a.axis_sigma(M), atol=1e-7, rtol=1e-5)
+    _same(gpu_a.sigma(cp.asarray(M)), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
+
+
+@gpu
+def test_kernels_run_on_the_current_stream_without_copies(rng):
+    # Inputs produced on a non-default stream and consumed at once on that stream: correct only
+    # if the kernel is enqueued on CuPy's current stream (no host sync in between).
+    cp = _cp()
+    shape = (64, 48, 40)
+    vol = _vol(rng, shape)
+    disp = _field(rng, shape, 2.0, batch=4)
+    want = K.warp(vol, disp)
+    with cp.cuda.Stream(non_blocking=True) as s:
+        v = cp.asarray(vol) * 1.0  # queued on s
+        d = cp.asarray(disp) + 0.0
+        out = K.warp(v, d)
+        total = float(out.sum())  # the result read back through s
+        s.synchronize()
+    np.testing.assert_allclose(total, float(want.astype(np.float64).sum()), rtol=1e-5)
+    _same(out, want)
+
+
+@gpu
+def test_cuda_ops_signatures_match_contract():
+    from regrisk import _cuda_ops
+
+    for name, args in CONTRACT.items():
+        assert list(inspect.signature(getattr(_cuda_ops, name)).parameters) == args
