@@ -90,6 +90,9 @@ def validate(data: np.ndarray, affine: np.ndarray, label: str) -> Image:
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise InputError(f"{label}: voxel type {data.dtype} is not a real number type")
     vol = np.ascontiguousarray(data, dtype=np.float32)
+    # nibabel may hand back an explicit '<f4' dtype object; the native kernels want the native
+    # float32 descriptor itself, so re-view (no copy) once here at the boundary.
+    vol = vol.view(np.float32)
     finite = np.isfinite(vol)
     if not finite.all():
         bad = int(vol.size - finite.sum())

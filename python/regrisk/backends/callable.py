@@ -57,7 +57,8 @@ class CallableBackend(Backend):
         expected = (source.shape[0], 3, *self.grid)
         if tuple(out.shape) != expected:
             raise ModelError(f"model {self.label}: returned shape {tuple(out.shape)}, expected {expected}")
-        return xp.ascontiguousarray(out, dtype=xp.float32)
+        # .view: a non-native-flagged '<f4' descriptor becomes the native float32 one
+        return xp.ascontiguousarray(out, dtype=xp.float32).view(xp.float32)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "callable": self.label}
