@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,168 @@ def test_cuda_ops_signatures_match_contract():
 
     for name, args in CONTRACT.items():
         assert list(inspect.signature(getattr(_cuda_ops, name)).parameters) == args
+
+
+# --- everywhere with a C++ compiler: the CUDA sources under host emulation ------------------
+#
+# The *CUDA.cu files compiled as C++ with the few CUDA built-ins they use emulated on the host
+# (blockIdx/threadIdx loops over a deliberately small grid, so the grid-stride loops over voxels
+# and batch run too), against the CPU kernels on random inputs. This checks indexing,
+# broadcasting, template dispatch and arithmetic order of the real kernel source without a GPU;
+# nvcc's code generation and the launch itself still need the GPU run (tests above).
+
+_EMU_SHIM = r"""
+// Host emulation of the few CUDA runtime features the kernels use (verification only).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+using std::sqrt;
+struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
+inline thread_local dim3 blockIdx, threadIdx, gridDim, blockDim;
+typedef int cudaError_t;
+typedef void* cudaStream_t;
+constexpr int cudaSuccess = 0;
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return 0; }
+inline cudaError_t cudaSetDevice(int) { return 0; }
+inline cudaError_t cudaGetLastError() { return 0; }
+inline const char* cudaGetErrorString(cudaError_t) { return "emu"; }
+extern long emu_threads;
+template <class K, class... A>
+void emu_launch(dim3 g, int threads, K k, A... a) {
+  // Shrink the grid to exercise the grid-stride loops too.
+  gridDim = dim3(g.x > 3 ? 3 : g.x, g.y > 2 ? 2 : g.y);
+  blockDim = dim3(threads);
+  for (unsigned by = 0; by < gridDim.y; ++by)
+    for (unsigned bx = 0; bx < gridDim.x; ++bx)
+      for (unsigned tx = 0; tx < blockDim.x; ++tx) {
+        blockIdx = dim3(bx, by); threadIdx = dim3(tx);
+        k(a...); ++emu_threads;
+      }
+}
+"""
+
+_EMU_MAIN = r"""
+#include <cstdio>
+#include <random>
+#include <vector>
+#include <algorithm>
+#include "warp/warp.h"
+#include "warp/warpCUDA.h"
+#include "compose/compose.h"
+#include "compose/composeCUDA.h"
+#include "bspline/bspline.h"
+#include "bspline/bsplineCUDA.h"
+#include "welford/welford.h"
+#include "welford/welfordCUDA.h"
+long emu_threads = 0;
+using namespace regrisk;
+std::mt19937 gen(42);
+std::vector<float> rnd(size_t n, float lo, float hi) { std::uniform_real_distribution<float> d(lo, hi); std::vector<float> v(n); for (auto& x : v) x = d(gen); return v; }
+double maxdiff(const std::vector<float>& a, const std::vector<float>& b) { double m = 0; for (size_t i = 0; i < a.size(); ++i) m = std::max(m, (double)std::fabs(a[i] - b[i])); return m; }
+int fails = 0;
+void report(const char* what, double d, double tol = 1e-5) { printf("%-40s max|diff| = %.3g %s\n", what, d, d <= tol ? "ok" : "FAIL"); if (!(d <= tol)) ++fails; }
+int main() {
+  struct S { int64_t D, H, W; } shapes[] = {{1,1,1},{5,6,7},{2,9,4},{8,3,1},{17,13,11}};
+  for (auto s : shapes) for (int border = 0; border < 2; ++border) for (int bvb = 0; bvb < 2; ++bvb) {
+    int64_t C = 2, B = 3, Bv = bvb ? B : 1; Grid3 in{s.D, s.H, s.W}; Grid3 og{s.D + 1, s.H, std::max<int64_t>(1, s.W - 1)};
+    auto vol = rnd(Bv * C * in.size(), -1, 2); auto disp = rnd(B * 3 * og.size(), -20, 20);
+    std::vector<float> a(B * C * og.size()), b(a.size(), -999);
+    cpu::warp_displacement(vol.data(), Bv, C, in, disp.data(), B, og, a.data(), -0.5f, border ? Boundary::Border : Boundary::Fill, 1);
+    cuda::warp_displacement(vol.data(), Bv, C, in.d, in.h, in.w, disp.data(), B, og.d, og.h, og.w, b.data(), -0.5f, border, 0, 0);
+    char buf[128]; snprintf(buf, 128, "warp_disp %ldx%ldx%ld b%d bv%ld", s.D, s.H, s.W, border, Bv); report(buf, maxdiff(a, b));
+    auto aff = rnd(B * 12, -0.3, 0.3); for (int k = 0; k < B; ++k) { aff[k*12+0] += 1; aff[k*12+5] += 1; aff[k*12+10] += 1; aff[k*12+3] *= 30; aff[k*12+7] *= 30; aff[k*12+11] *= 30; }
+    std::fill(b.begin(), b.end(), -999);
+    cpu::warp_affine(vol.data(), Bv, C, in, aff.data(), B, og, a.data(), 0.25f, border ? Boundary::Border : Boundary::Fill, 1);
+    cuda::warp_affine(vol.data(), Bv, C, in.d, in.h, in.w, aff.data(), B, og.d, og.h, og.w, b.data(), 0.25f, border, 0, 0);
+    snprintf(buf, 128, "warp_affine %ldx%ldx%ld b%d bv%ld", s.D, s.H, s.W, border, Bv); report(buf, maxdiff(a, b));
+    // compose: disp on grid `in`, field on og
+    auto u = rnd(B * 3 * in.size(), -5, 5); auto fld = rnd(Bv * 3 * og.size(), -3, 3);
+    std::vector<float> ca(B * 3 * in.size()), cb(ca.size(), -999);
+    cpu::compose_field(u.data(), B, in, fld.data(), Bv, og, ca.data(), 0.5f, border ? Boundary::Border : Boundary::Fill, 1);
+    cuda::compose_field(u.data(), B, in.d, in.h, in.w, fld.data(), Bv, og.d, og.h, og.w, cb.data(), 0.5f, border, 0, 0);
+    snprintf(buf, 128, "compose_field %ldx%ldx%ld b%d bf%ld", s.D, s.H, s.W, border, Bv); report(buf, maxdiff(ca, cb));
+    std::fill(cb.begin(), cb.end(), -999);
+    int64_t Ba = bvb ? B : 1;
+    cpu::compose_affine(u.data(), B, in, aff.data(), Ba, ca.data(), 1);
+    cuda::compose_affine(u.data(), B, in.d, in.h, in.w, aff.data(), Ba, cb.data(), 0, 0);
+    snprintf(buf, 128, "compose_affine %ldx%ldx%ld ba%ld", s.D, s.H, s.W, Ba); report(buf, maxdiff(ca, cb));
+  }
+  struct BS { Grid3 g, c; } bs[] = {{{1,1,1},{4,4,4}}, {{9,10,11},{4,5,6}}, {{33,17,8},{7,4,9}}, {{20,24,28},{10,10,10}}};
+  for (auto t : bs) {
+    int64_t B = 2; auto ctrl = rnd(B * 3 * t.c.size(), -12.5, 12.5);
+    std::vector<float> a(B * 3 * t.g.size()), b(a.size(), -999);
+    cpu::bspline_field(ctrl.data(), B, t.c, a.data(), t.g, 1);
+    cuda::bspline_field(ctrl.data(), B, t.c.d, t.c.h, t.c.w, b.data(), t.g.d, t.g.h, t.g.w, 0, 0);
+    char buf[128]; snprintf(buf, 128, "bspline %ldx%ldx%ld ctrl %ld", t.g.d, t.g.h, t.g.w, t.c.d); report(buf, maxdiff(a, b));
+  }
+  for (int64_t N : {1, 7, 1000}) {
+    std::vector<float> m1(3 * N, 0), q1(6 * N, 0), m2v(3 * N, 0), q2(6 * N, 0);
+    std::vector<float> mb1(3 * N, 0), qb1(6 * N, 0), mb2(3 * N, 0), qb2(6 * N, 0);
+    int64_t count = 0;
+    for (int64_t B : {3, 1, 4}) { auto x = rnd(B * 3 * N, 99.99, 100.01);
+      cpu::welford_update(count, m1.data(), q1.data(), N, x.data(), B, 1);
+      cuda::welford_update(count, m2v.data(), q2.data(), x.data(), B, N, 0, 0); count += B; }
+    auto y = rnd(5 * 3 * N, -1, 1);
+    cpu::welford_update(0, mb1.data(), qb1.data(), N, y.data(), 5, 1);
+    cuda::welford_update(0, mb2.data(), qb2.data(), y.data(), 5, N, 0, 0);
+    char buf[128]; snprintf(buf, 128, "welford_update N=%ld mean", N); report(buf, maxdiff(m1, m2v));
+    snprintf(buf, 128, "welford_update N=%ld m2", N); report(buf, maxdiff(q1, q2), 1e-9);
+    cpu::welford_merge(count, m1.data(), q1.data(), 5, mb1.data(), qb1.data(), N, 1);
+    cuda::welford_merge(count, m2v.data(), q2.data(), 5, mb2.data(), qb2.data(), N, 0, 0);
+    snprintf(buf, 128, "welford_merge N=%ld mean", N); report(buf, maxdiff(m1, m2v));
+    snprintf(buf, 128, "welford_merge N=%ld m2", N); report(buf, maxdiff(q1, q2));
+    float M[9] = {0.9f, 0.1f, 0, 0, 1.2f, -0.2f, 0.05f, 0, 2.0f};
+    std::vector<float> s1(N), s2(N, -1), a1(3 * N), a2(3 * N, -1);
+    cpu::welford_sigma(count + 5, q1.data(), N, M, s1.data(), 1);
+    cuda::welford_sigma(count + 5, q2.data(), M, s2.data(), N, 0, 0);
+    cpu::welford_axis_sigma(count + 5, q1.data(), N, M, a1.data(), 1);
+    cuda::welford_axis_sigma(count + 5, q2.data(), M, a2.data(), N, 0, 0);
+    snprintf(buf, 128, "welford_sigma N=%ld", N); report(buf, maxdiff(s1, s2));
+    snprintf(buf, 128, "welford_axis_sigma N=%ld", N); report(buf, maxdiff(a1, a2));
+  }
+  printf("emulated threads: %ld; failures: %d\n", emu_threads, fails);
+  return fails != 0;
+}
+"""
+
+_CUDA_SOURCES = ["warp/warpCUDA.cu", "compose/composeCUDA.cu", "bspline/bsplineCUDA.cu",
+                 "welford/welfordCUDA.cu"]
+
+
+def _csrc() -> Path:
+    root = Path(__file__).resolve().parents[1] / "csrc"
+    return root
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ for the host emulation")
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "csrc" / "warp" / "warpCUDA.cu").is_file(),
+                    reason="csrc/ not next to tests/ (installed package without sources)")
+def test_cuda_kernel_sources_match_cpu_kernels_in_host_emulation(tmp_path):
+    import re
+
+    csrc = _csrc()
+    (tmp_path / "cuda_emu.h").write_text(_EMU_SHIM)
+    (tmp_path / "main.cpp").write_text(_EMU_MAIN)
+    launch = re.compile(r"([A-Za-z_]\w*(?:<[^<>;]*>)?)\s*<<<(.*?),\s*(\w+),\s*0,\s*(.*?)>>>\(", re.S)
+    sources = []
+    for rel in _CUDA_SOURCES:
+        text = (csrc / rel).read_text().replace("#include <cuda_runtime.h>", '#include "cuda_emu.h"')
+        text, n = launch.subn(r"emu_launch(\2, \3, \1, ", text)
+        assert n >= 1, f"no kernel launch found in {rel}"
+        out = tmp_path / (Path(rel).stem + "_emu.cpp")
+        out.write_text(text)
+        sources.append(str(out))
+    cpu = [str(csrc / op / f"{op}.cpp") for op in ("warp", "compose", "bspline", "welford")]
+    exe = tmp_path / "emu"
+    build = subprocess.run(["g++", "-std=c++17", "-O1", f"-I{tmp_path}", f"-I{csrc}", str(tmp_path / "main.cpp"),
+                            *sources, *cpu, "-o", str(exe)], capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "failures: 0" in run.stdout and run.stdout.count(" ok") >= 60, run.stdout[-2000:]
