@@ -391,6 +391,8 @@ def _parity(path: Path, reference: Callable[..., Any], input_names: Sequence[str
 
 
 def _one_line(exc: BaseException) -> str:
+    while exc.__cause__ is not None:  # torch.onnx wraps the real error in a long banner
+        exc = exc.__cause__
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:300]
