@@ -321,11 +321,13 @@ def test_welford_merge_with_empty_and_itself(rng):
 
 
 def test_one_and_two_threads_are_bitwise_identical(rng):
-    shape = (17, 23, 19)
+    # Every call here is above the kernels' one-thread cut-off (2^15 elements), so the
+    # two-thread runs really split the work.
+    shape = (33, 36, 40)
     vol = _vol(rng, shape, channels=2)
     disp = _field(rng, shape, 6.0, batch=3)
     aff = _affine(rng, batch=3)
-    field = _field(rng, (15, 20, 22), 3.0, batch=3)
+    field = _field(rng, (30, 37, 35), 3.0, batch=3)
     ctrl = _field(rng, (6, 7, 5), 4.0, batch=2)
 
     def run():
@@ -334,7 +336,7 @@ def test_one_and_two_threads_are_bitwise_identical(rng):
         acc.merge(other)
         return [
             K.warp(vol, disp, mode="fill"), K.warp(vol, disp, mode="border"),
-            K.warp(vol, affine=aff, shape=(9, 31, 12)),
+            K.warp(vol, affine=aff, shape=(41, 31, 29)),
             K.compose(disp, affine=aff), K.compose(disp, field=field, mode="fill"),
             K.compose(disp, field=field, mode="border"), K.bspline_field(ctrl, shape),
             acc.mean, acc.covariance, acc.sigma(np.diag([1, 2, 3])), acc.axis_sigma(),

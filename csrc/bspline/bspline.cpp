@@ -3,6 +3,7 @@
 // tabulated once. Each parallel loop writes disjoint outputs with a fixed tap order, so the
 // result does not depend on the thread count.
 #include "bspline/bspline.h"
+#include "warp/warp.h"  // team_for
 
 #include <vector>
 
@@ -35,7 +36,7 @@ void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 
   // Stage 1: (planes, cD, cH, cW) -> (planes, cD, cH, W); stage 2: -> (planes, cD, H, W).
   std::vector<float> s1(planes * cg.d * cg.h * g.w), s2(planes * cg.d * g.h * g.w);
   const int64_t rows1 = planes * cg.d * cg.h;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(team_for(threads, planes * g.size()))
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows1; ++r) {

@@ -1,29 +1,100 @@
 // CPU (OpenMP) warps. One parallel loop over output rows (b, i, j) with a static schedule:
 // every output value is produced by exactly one thread with the same arithmetic, so the result
-// is bitwise identical for any thread count.
+// is bitwise identical for any thread count. Rows are sampled in chunks of kChunk points.
 #include "warp/warp.h"
+
+#include <cstring>
 
 namespace regrisk {
 namespace cpu {
+namespace {
+
+// v where mask is all ones, +0 where it is zero: a select without a branch (a ?: on a float
+// compare keeps GCC from vectorising under the default -ftrapping-math).
+inline float keep_if(float v, uint32_t mask) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= mask;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+}  // namespace
+
+void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z,
+                   const float* y, const float* x, int n, float* out, int64_t ostride,
+                   Boundary mode, float fill) {
+  const float dm = static_cast<float>(g.d - 1), hm = static_cast<float>(g.h - 1),
+              wm = static_cast<float>(g.w - 1);
+  int32_t iz[kChunk], iy[kChunk], ix[kChunk];
+  float w[8][kChunk];
+  int32_t inside[kChunk];
+  // Pass 1 (vectorised): interior test, integer corner, weights. Non-interior lanes compute on
+  // 0 so that no out-of-range float -> int conversion happens; their results are unused.
+#pragma omp simd
+  for (int p = 0; p < n; ++p) {
+    // Bitwise & (not &&): no branches, so the loop vectorises.
+    const float zp = z[p], yp = y[p], xp = x[p];
+    const int32_t in = (zp >= 0.f) & (yp >= 0.f) & (xp >= 0.f) & (zp < dm) & (yp < hm) & (xp < wm);
+    const uint32_t mask = 0u - static_cast<uint32_t>(in);
+    const float zs = keep_if(zp, mask), ys = keep_if(yp, mask), xs = keep_if(xp, mask);
+    const int32_t z0 = static_cast<int32_t>(zs), y0 = static_cast<int32_t>(ys),
+                  x0 = static_cast<int32_t>(xs);
+    const float fz = zs - static_cast<float>(z0), fy = ys - static_cast<float>(y0),
+                fx = xs - static_cast<float>(x0);
+    const float gz = 1.f - fz, gy = 1.f - fy, gx = 1.f - fx;
+    const float w00 = gz * gy, w01 = gz * fy, w10 = fz * gy, w11 = fz * fy;
+    w[0][p] = w00 * gx;
+    w[1][p] = w00 * fx;
+    w[2][p] = w01 * gx;
+    w[3][p] = w01 * fx;
+    w[4][p] = w10 * gx;
+    w[5][p] = w10 * fx;
+    w[6][p] = w11 * gx;
+    w[7][p] = w11 * fx;
+    iz[p] = z0;
+    iy[p] = y0;
+    ix[p] = x0;
+    inside[p] = in;
+  }
+  // Pass 2: gathers (same pairwise sum as TrilinearPoint::apply).
+  const int64_t sy = g.w, sz = g.h * g.w;
+  for (int p = 0; p < n; ++p) {
+    if (inside[p]) {
+      const int64_t off = (static_cast<int64_t>(iz[p]) * g.h + iy[p]) * g.w + ix[p];
+      for (int64_t c = 0; c < C; ++c) {
+        const float* q = vol + c * cstride + off;
+        const float a = w[0][p] * q[0] + w[1][p] * q[1], b = w[2][p] * q[sy] + w[3][p] * q[sy + 1];
+        const float e = w[4][p] * q[sz] + w[5][p] * q[sz + 1],
+                    f = w[6][p] * q[sz + sy] + w[7][p] * q[sz + sy + 1];
+        out[c * ostride + p] = (a + b) + (e + f);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        out[c * ostride + p] = sample_trilinear(vol + c * cstride, g, z[p], y[p], x[p], mode, fill);
+    }
+  }
+}
 
 void warp_displacement(const float* volume, int64_t Bv, int64_t C, Grid3 in, const float* disp,
                        int64_t B, Grid3 og, float* out, float fill, Boundary mode, int threads) {
   const int64_t n_in = in.size(), n_out = og.size(), rows = B * og.d * og.h;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * C * n_out))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
-    const float* u = disp + b * 3 * n_out;
-    const float* vol = volume + broadcast_index(b, Bv) * C * n_in;
-    float* o = out + b * C * n_out;
     const int64_t row = (i * og.h + j) * og.w;
-    for (int64_t k = 0; k < og.w; ++k) {
-      const int64_t v = row + k;
-      const float z = static_cast<float>(i) + u[v];
-      const float y = static_cast<float>(j) + u[n_out + v];
-      const float x = static_cast<float>(k) + u[2 * n_out + v];
-      for (int64_t c = 0; c < C; ++c) {
-        o[c * n_out + v] = sample_trilinear(vol + c * n_in, in, z, y, x, mode, fill);
+    const float* u = disp + b * 3 * n_out + row;
+    const float* vol = volume + broadcast_index(b, Bv) * C * n_in;
+    float* o = out + b * C * n_out + row;
+    float z[kChunk], y[kChunk], x[kChunk];
+    for (int64_t k0 = 0; k0 < og.w; k0 += kChunk) {
+      const int n = static_cast<int>(og.w - k0 < kChunk ? og.w - k0 : kChunk);
+      for (int p = 0; p < n; ++p) {
+        z[p] = static_cast<float>(i) + u[k0 + p];
+        y[p] = static_cast<float>(j) + u[n_out + k0 + p];
+        x[p] = static_cast<float>(k0 + p) + u[2 * n_out + k0 + p];
       }
+      sample_points(vol, C, n_in, in, z, y, x, n, o + k0, n_out, mode, fill);
     }
   }
 }
@@ -31,23 +102,25 @@ void warp_displacement(const float* volume, int64_t Bv, int64_t C, Grid3 in, con
 void warp_affine(const float* volume, int64_t Bv, int64_t C, Grid3 in, const float* affine,
                  int64_t B, Grid3 og, float* out, float fill, Boundary mode, int threads) {
   const int64_t n_in = in.size(), n_out = og.size(), rows = B * og.d * og.h;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * C * n_out))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
     const float* A = affine + b * 12;
     const float* vol = volume + broadcast_index(b, Bv) * C * n_in;
-    float* o = out + b * C * n_out;
-    const int64_t row = (i * og.h + j) * og.w;
-    for (int64_t k = 0; k < og.w; ++k) {
-      // Double for the coordinate (cheap here), float for the sample as on the GPU.
-      double z, y, x;
-      affine_point<double>(A, static_cast<double>(i), static_cast<double>(j),
-                           static_cast<double>(k), z, y, x);
-      for (int64_t c = 0; c < C; ++c) {
-        o[c * n_out + row + k] =
-            sample_trilinear(vol + c * n_in, in, static_cast<float>(z), static_cast<float>(y),
-                             static_cast<float>(x), mode, fill);
+    float* o = out + b * C * n_out + (i * og.h + j) * og.w;
+    float z[kChunk], y[kChunk], x[kChunk];
+    for (int64_t k0 = 0; k0 < og.w; k0 += kChunk) {
+      const int n = static_cast<int>(og.w - k0 < kChunk ? og.w - k0 : kChunk);
+      for (int p = 0; p < n; ++p) {
+        // The coordinate in double (as on the GPU), rounded once to float for the sample.
+        double zd, yd, xd;
+        affine_point<double>(A, static_cast<double>(i), static_cast<double>(j),
+                             static_cast<double>(k0 + p), zd, yd, xd);
+        z[p] = static_cast<float>(zd);
+        y[p] = static_cast<float>(yd);
+        x[p] = static_cast<float>(xd);
       }
+      sample_points(vol, C, n_in, in, z, y, x, n, o + k0, n_out, mode, fill);
     }
   }
 }

@@ -2,6 +2,7 @@
 // accumulators live in double registers while the whole batch streams through, then go back to
 // float32 storage once. Every voxel's arithmetic is independent of the thread count.
 #include "welford/welford.h"
+#include "warp/warp.h"  // team_for
 
 #include <cmath>
 
@@ -14,7 +15,7 @@ constexpr int64_t kBlock = 256;  // voxels per block: 9 * 256 doubles stay in L1
 void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
                     int64_t B, int threads) {
   const int64_t blocks = (N + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
     double mu[3][kBlock], s[6][kBlock];
@@ -27,13 +28,8 @@ void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, con
       const float* x = batch + b * 3 * N + v0;
 #pragma omp simd
       for (int64_t v = 0; v < nv; ++v) {
-        double m[3] = {mu[0][v], mu[1][v], mu[2][v]};
-        double q[6] = {s[0][v], s[1][v], s[2][v], s[3][v], s[4][v], s[5][v]};
-        welford_step<double>(inv_n, x[v], x[N + v], x[2 * N + v], m, q);
-        mu[0][v] = m[0];
-        mu[1][v] = m[1];
-        mu[2][v] = m[2];
-        for (int c = 0; c < 6; ++c) s[c][v] = q[c];
+        welford_step<double>(inv_n, x[v], x[N + v], x[2 * N + v], mu[0][v], mu[1][v], mu[2][v],
+                             s[0][v], s[1][v], s[2][v], s[3][v], s[4][v], s[5][v]);
       }
     }
     for (int c = 0; c < 3; ++c)
@@ -46,7 +42,7 @@ void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, con
 void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const float* mean_b,
                    const float* m2_b, int64_t N, int threads) {
   const double na = static_cast<double>(n_a), nb = static_cast<double>(n_b);
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     double ma[3], qa[6], mb[3], qb[6];
     for (int c = 0; c < 3; ++c) {
@@ -66,7 +62,7 @@ void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const f
 void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
                    int threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     double q[6], var[3];
     for (int c = 0; c < 6; ++c) q[c] = m2[c * N + v];
@@ -78,7 +74,7 @@ void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, fl
 void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
                         int threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     double q[6], var[3];
     for (int c = 0; c < 6; ++c) q[c] = m2[c * N + v];

@@ -12,20 +12,29 @@
 namespace regrisk {
 
 // One Welford step: sample x joins an accumulator that then holds n samples (inv_n = 1 / n).
-// M2 += (x - mean_old)(x - mean_new)^T, which is symmetric since x - mean_new = (n-1)/n (x - mean_old).
+// M2 += (x - mean_old)(x - mean_new)^T, symmetric since x - mean_new = (n-1)/n (x - mean_old).
+// Scalar references (not arrays) so that a CPU loop over voxels vectorises after inlining.
+template <typename Acc>
+REGRISK_HD void welford_step(Acc inv_n, Acc x0, Acc x1, Acc x2, Acc& m0, Acc& m1, Acc& m2,
+                             Acc& sxx, Acc& sxy, Acc& sxz, Acc& syy, Acc& syz, Acc& szz) {
+  const Acc d0 = x0 - m0, d1 = x1 - m1, d2 = x2 - m2;
+  m0 += d0 * inv_n;
+  m1 += d1 * inv_n;
+  m2 += d2 * inv_n;
+  const Acc e0 = x0 - m0, e1 = x1 - m1, e2 = x2 - m2;
+  sxx += d0 * e0;
+  sxy += d0 * e1;
+  sxz += d0 * e2;
+  syy += d1 * e1;
+  syz += d1 * e2;
+  szz += d2 * e2;
+}
+
+// The same step on array registers mean[3], m2[6].
 template <typename Acc>
 REGRISK_HD void welford_step(Acc inv_n, Acc x0, Acc x1, Acc x2, Acc mean[3], Acc m2[6]) {
-  const Acc d0 = x0 - mean[0], d1 = x1 - mean[1], d2 = x2 - mean[2];
-  mean[0] += d0 * inv_n;
-  mean[1] += d1 * inv_n;
-  mean[2] += d2 * inv_n;
-  const Acc e0 = x0 - mean[0], e1 = x1 - mean[1], e2 = x2 - mean[2];
-  m2[0] += d0 * e0;
-  m2[1] += d0 * e1;
-  m2[2] += d0 * e2;
-  m2[3] += d1 * e1;
-  m2[4] += d1 * e2;
-  m2[5] += d2 * e2;
+  welford_step<Acc>(inv_n, x0, x1, x2, mean[0], mean[1], mean[2], m2[0], m2[1], m2[2], m2[3],
+                    m2[4], m2[5]);
 }
 
 // Chan et al.: accumulator a (n_a samples) absorbs b (n_b samples); n_a + n_b > 0.
