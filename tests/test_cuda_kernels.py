@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,13 @@ CONTRACT = {
 
 
 # --- everywhere: build, import and contract -------------------------------------------------
+
+
+@pytest.mark.skipif(os.environ.get("REGRISK_REQUIRE_GPU") != "1",
+                    reason="REGRISK_REQUIRE_GPU=1 not set (benchmarks/gpu_suite.sh sets it)")
+def test_gpu_is_usable_when_required():
+    # On the GPU machine a skipped GPU test would hide a broken install: fail instead.
+    assert READY, f"REGRISK_REQUIRE_GPU=1 but the CUDA path cannot run: {REASON}"
 
 
 def test_import_needs_neither_gpu_nor_cupy():
