@@ -72,6 +72,12 @@ def _per_channel(values: np.ndarray, xp: Any) -> Array:
     return xp.asarray(np.asarray(values, dtype=np.float32).reshape(1, 3, 1, 1, 1))
 
 
+def is_canonical(out: Output) -> bool:
+    """True when the card's output needs no conversion at all."""
+    return (out.kind == "displacement" and out.units == "voxel" and out.channel_order == "ijk"
+            and out.channel_axis == "first")
+
+
 def to_canonical(raw: Array, out: Output, grid: tuple[int, int, int]) -> Array:
     """The graph's output ``raw`` (batched, in the card's convention) -> canonical (B,3,D,H,W)."""
     xp = _xp(raw)
@@ -83,6 +89,9 @@ def to_canonical(raw: Array, out: Output, grid: tuple[int, int, int]) -> Array:
     if a.shape[1] != 3 or tuple(a.shape[2:]) != tuple(grid):
         raise ValueError(f"model output shape {tuple(raw.shape)} does not match the card "
                          f"(3 channels {out.channel_axis}, grid {tuple(grid)})")
+    if is_canonical(out):
+        # Already canonical: no copy (the engine only reads the field).
+        return xp.ascontiguousarray(a, dtype=xp.float32)
     if out.channel_order == "xyz":
         a = a[:, ::-1]
     scale, offset = unit_scale_offset(out.units, out.align_corners, np.asarray(grid))

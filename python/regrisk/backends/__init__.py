@@ -98,7 +98,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     # CUDA backends (written by the GPU side); imported only when asked for.
     "onnxruntime-cuda": ".onnxruntime_cuda:OnnxRuntimeCudaBackend",
     "tensorrt": ".tensorrt:TensorRTBackend",
-    "torch": ".torch:TorchBackend",
+    "torch": ".torch_backend:TorchBackend",
 }
 
 # What a device uses when no backend name is given, first that imports wins.
@@ -137,10 +137,13 @@ def create_backend(
     threads: int | None = None,
     options: dict[str, Any] | None = None,
 ) -> Backend:
-    """The backend for ``model`` on ``device``; callables always get the callable backend."""
+    """The backend for ``model`` on ``device``. Callables get the callable backend unless a
+    ``name`` is given (e.g. ``"torch"`` for an ``nn.Module``); ``options["device"]`` is set to
+    ``device`` unless given."""
     options = dict(options or {})
-    if model.function is not None:
-        return _resolve("callable")(model, card, threads=threads, options={**options, "device": device})
+    options.setdefault("device", device)
+    if model.function is not None and name is None:
+        return _resolve("callable")(model, card, threads=threads, options=options)
     if name is not None:
         backend = _resolve(name)(model, card, threads=threads, options=options)
         if backend.device != device:
