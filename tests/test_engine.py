@@ -206,3 +206,40 @@ def test_different_native_grids_world_displacement():
     pred = Estimator(com_callable).predict((S, aff_s), (T, aff_t))
     inner = pred.displacement[:, 5:15, 5:17, 5:19].reshape(3, -1)
     np.testing.assert_allclose(inner.mean(1), shift_mm, atol=0.25)
+
+
+def test_reslice_grid_and_world_displacement():
+    """A reslice card: 1 mm model grid about the image centre on 2 mm native images."""
+    from regrisk import spaces
+    from regrisk.card import ModelCard, Preprocess, Resample
+
+    card = ModelCard(name="r", grid=(26, 26, 26), resample=Resample("reslice", (1.0, 1.0, 1.0)),
+                     preprocess=Preprocess("none"))
+    shape = (14, 14, 14)
+    aff = oblique_affine(spacing=(2.0, 2.0, 2.0), angle_deg=30.0)
+    gm = spaces.grid_map(shape, aff, card)
+    np.testing.assert_allclose(np.linalg.norm(gm.grid_affine[:3, :3], axis=0), 1.0)
+    centre_native = aff[:3, :3] @ (np.array(shape) - 1) / 2 + aff[:3, 3]
+    centre_grid = gm.grid_affine[:3, :3] @ (np.array(card.grid) - 1) / 2 + gm.grid_affine[:3, 3]
+    np.testing.assert_allclose(centre_grid, centre_native, atol=1e-9)
+
+    def sample(centre_mm):
+        vox = coords(shape).reshape(3, -1).astype(np.float64)
+        world = aff[:3, :3] @ vox + aff[:3, 3:4]
+        r2 = ((world - centre_mm[:, None]) ** 2).sum(0)
+        v = np.exp(-r2 / (2 * 3.0 ** 2))
+        v[v < 1e-3] = 0
+        return v.reshape(shape).astype(np.float32)
+
+    shift = np.array([1.0, -2.0, 1.5])
+    S, T = sample(centre_native + shift), sample(centre_native)
+
+    def com_callable(src, tgt):
+        out = np.empty((src.shape[0], 3, *src.shape[2:]), np.float32)
+        for b in range(src.shape[0]):
+            out[b] = (com(src[b, 0]) - com(tgt[b, 0]))[:, None, None, None]
+        return out
+
+    pred = Estimator(com_callable, card=card).predict((S, aff), (T, aff))
+    assert pred.grid_displacement.shape == (3, 26, 26, 26)
+    np.testing.assert_allclose(pred.displacement[:, 7, 7, 7], shift, atol=0.2)
