@@ -147,3 +147,16 @@ def test_interrupt_while_saving_leaves_nothing(files, tmp_path, monkeypatch, cap
     assert _run(files, tmp_path / "out", "--samples", "2") == 130
     assert "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_reports_versions_build_and_providers(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    import onnxruntime
+
+    assert info["versions"]["onnxruntime"] == onnxruntime.__version__
+    assert "CPUExecutionProvider" in info["onnxruntime_providers"]
+    assert "openmp" in info["build"]
+    assert "onnxruntime" in info["backends"]
+    assert main(["info"]) == 0
+    assert "providers:" in capsys.readouterr().out
