@@ -1,0 +1,81 @@
+"""``regrisk demo``: end to end on the packaged pair, and its overview picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("onnxruntime")
+
+from regrisk.cli import main  # noqa: E402
+from regrisk.demo import data_path, overview_png  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    return mpimg.imread(str(path))
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--samples", "4", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "overview.png" in printed
+    for name in ("overview.png", "uncertainty.nii.gz", "uncertainty_axes.nii.gz",
+                 "displacement.nii.gz", "warped_source.nii.gz", "summary.json"):
+        assert (out / name).is_file(), name
+    target = nib.load(str(data_path("mni152_t1.nii.gz")))
+    sigma = nib.load(str(out / "uncertainty.nii.gz"))
+    assert sigma.shape == target.shape
+    np.testing.assert_allclose(sigma.affine, target.affine, atol=1e-5)
+    s = np.asarray(sigma.dataobj)
+    brain = np.asarray(nib.load(str(data_path("mni152_labels.nii.gz"))).dataobj) > 0
+    assert np.isfinite(s).all() and (s >= 0).all()
+    assert s[brain].mean() > 0  # four different perturbations cannot agree everywhere
+    warped = np.asarray(nib.load(str(out / "warped_source.nii.gz")).dataobj)
+    assert warped.shape == target.shape and np.abs(warped).max() > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary  # the engine's run summary
+    img = _read_png(out / "overview.png")
+    assert img.ndim == 3 and img.shape[0] > 400 and img.shape[1] > 600
+    assert img[..., :3].std() > 0.05  # a picture, not a blank canvas
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_demo_refuses_existing_output(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--samples", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "demo" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_demo_rejects_too_few_samples(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["demo", "--out", str(out), "--samples", "1"]) == 2
+    assert "samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_overview_png_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (20, 24, 18)
+    vol = rng.random(shape, dtype=np.float32)
+    sigma = np.zeros(shape, np.float32)
+    sigma[10:, :, :] = 3.0  # one hot half: the heat map must show two colours
+    mask = np.ones(shape, bool)
+    path = tmp_path / "o.png"
+    overview_png(path, vol, vol, vol, sigma, mask, title="t")
+    img = _read_png(path)
+    assert img.shape[1] > img.shape[0]  # four columns, three rows
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
