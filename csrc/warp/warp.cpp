@@ -42,33 +42,19 @@ void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const 
                   x0 = static_cast<int32_t>(xs);
     const float fz = zs - static_cast<float>(z0), fy = ys - static_cast<float>(y0),
                 fx = xs - static_cast<float>(x0);
-    const float gz = 1.f - fz, gy = 1.f - fy, gx = 1.f - fx;
-    const float w00 = gz * gy, w01 = gz * fy, w10 = fz * gy, w11 = fz * fy;
-    w[0][p] = w00 * gx;
-    w[1][p] = w00 * fx;
-    w[2][p] = w01 * gx;
-    w[3][p] = w01 * fx;
-    w[4][p] = w10 * gx;
-    w[5][p] = w10 * fx;
-    w[6][p] = w11 * gx;
-    w[7][p] = w11 * fx;
+    trilinear_weights(fz, fy, fx, &w[0][p], kChunk);
     iz[p] = z0;
     iy[p] = y0;
     ix[p] = x0;
     inside[p] = in;
   }
-  // Pass 2: gathers (same pairwise sum as TrilinearPoint::apply).
+  // Pass 2: the corner gathers.
   const int64_t sy = g.w, sz = g.h * g.w;
   for (int p = 0; p < n; ++p) {
     if (inside[p]) {
       const int64_t off = (static_cast<int64_t>(iz[p]) * g.h + iy[p]) * g.w + ix[p];
-      for (int64_t c = 0; c < C; ++c) {
-        const float* q = vol + c * cstride + off;
-        const float a = w[0][p] * q[0] + w[1][p] * q[1], b = w[2][p] * q[sy] + w[3][p] * q[sy + 1];
-        const float e = w[4][p] * q[sz] + w[5][p] * q[sz + 1],
-                    f = w[6][p] * q[sz + sy] + w[7][p] * q[sz + sy + 1];
-        out[c * ostride + p] = (a + b) + (e + f);
-      }
+      for (int64_t c = 0; c < C; ++c)
+        out[c * ostride + p] = trilinear_interior(vol + c * cstride + off, sy, sz, &w[0][p], kChunk);
     } else {
       for (int64_t c = 0; c < C; ++c)
         out[c * ostride + p] = sample_trilinear(vol + c * cstride, g, z[p], y[p], x[p], mode, fill);

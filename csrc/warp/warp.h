@@ -20,44 +20,37 @@ REGRISK_HD void affine_point(const float* A, T z, T y, T x, T& oz, T& oy, T& ox)
        static_cast<T>(A[11]);
 }
 
-// Trilinear weights at one sample point, computed once and applied to several channels.
-// `interior`: all 8 corners lie inside the volume; then value(ch) = sum_c w[c] * ch[offset + off_c].
-// The weights are formed as in sample_trilinear (w = (wz * wy) * wx); the sum is pairwise, so
-// values can differ from sample_trilinear's chained sum in the last bit (never with the thread
-// count). A zero-weight corner adds an exact 0, so integer coordinates return the voxel value
-// exactly. Points that are not interior (or NaN) go through sample_trilinear.
+// Interior fast path of trilinear sampling, for points whose 8 corners all lie inside the
+// volume (0 <= coordinate < n - 1 on every axis): the weights from the fractional parts, formed
+// as in sample_trilinear (w = (wz * wy) * wx, corners z-major) ...
+// w[k * stride], k = 0..7 (stride 1 for a plain array of 8).
 template <typename T>
-struct TrilinearPoint {
-  bool interior;
-  int64_t offset, sy, sz;
-  T w[8];
+REGRISK_HD void trilinear_weights(T fz, T fy, T fx, T* w, int stride = 1) {
+  const T gz = T(1) - fz, gy = T(1) - fy, gx = T(1) - fx;
+  const T w00 = gz * gy, w01 = gz * fy, w10 = fz * gy, w11 = fz * fy;
+  w[0 * stride] = w00 * gx;
+  w[1 * stride] = w00 * fx;
+  w[2 * stride] = w01 * gx;
+  w[3 * stride] = w01 * fx;
+  w[4 * stride] = w10 * gx;
+  w[5 * stride] = w10 * fx;
+  w[6 * stride] = w11 * gx;
+  w[7 * stride] = w11 * fx;
+}
 
-  REGRISK_HD TrilinearPoint(Grid3 g, T z, T y, T x) : interior(false), offset(0), sy(g.w), sz(g.h * g.w) {
-    // Comparisons are false for NaN, which therefore takes the general path.
-    if (z >= T(0) && y >= T(0) && x >= T(0) && z < static_cast<T>(g.d - 1) &&
-        y < static_cast<T>(g.h - 1) && x < static_cast<T>(g.w - 1)) {
-      interior = true;
-      const int64_t z0 = static_cast<int64_t>(z), y0 = static_cast<int64_t>(y),
-                    x0 = static_cast<int64_t>(x);
-      const T fz = z - static_cast<T>(z0), fy = y - static_cast<T>(y0),
-              fx = x - static_cast<T>(x0);
-      const T gz = T(1) - fz, gy = T(1) - fy, gx = T(1) - fx;
-      offset = (z0 * g.h + y0) * g.w + x0;
-      const T w00 = gz * gy, w01 = gz * fy, w10 = fz * gy, w11 = fz * fy;
-      w[0] = w00 * gx; w[1] = w00 * fx; w[2] = w01 * gx; w[3] = w01 * fx;
-      w[4] = w10 * gx; w[5] = w10 * fx; w[6] = w11 * gx; w[7] = w11 * fx;
-    }
-  }
-
-  // Interior points only. A pairwise sum: the 8 products are independent, so the adds form a
-  // tree of depth 3 instead of a chain of 8 (the chain's latency bounded the CPU loop).
-  REGRISK_HD T apply(const T* vol) const {
-    const T* p = vol + offset;
-    const T a = w[0] * p[0] + w[1] * p[1], b = w[2] * p[sy] + w[3] * p[sy + 1];
-    const T c = w[4] * p[sz] + w[5] * p[sz + 1], d = w[6] * p[sz + sy] + w[7] * p[sz + sy + 1];
-    return (a + b) + (c + d);
-  }
-};
+// ... and the weighted sum at the corner block starting at p (row stride sy, slice stride sz).
+// Pairwise: the 8 products are independent and the adds form a tree of depth 3 rather than a
+// chain of 8. It can differ from sample_trilinear's chained sum in the last bit (never with the
+// thread count); a zero weight adds an exact 0, so integer coordinates return voxel values exactly.
+// Weights at w[k * stride] as written by trilinear_weights.
+template <typename T>
+REGRISK_HD T trilinear_interior(const T* p, int64_t sy, int64_t sz, const T* w, int stride = 1) {
+  const T a = w[0] * p[0] + w[stride] * p[1];
+  const T b = w[2 * stride] * p[sy] + w[3 * stride] * p[sy + 1];
+  const T c = w[4 * stride] * p[sz] + w[5 * stride] * p[sz + 1];
+  const T d = w[6 * stride] * p[sz + sy] + w[7 * stride] * p[sz + sy + 1];
+  return (a + b) + (c + d);
+}
 
 // Index of the input volume a batch item reads: one shared source (Bv == 1) or its own.
 REGRISK_HD int64_t broadcast_index(int64_t b, int64_t n) { return n == 1 ? 0 : b; }
@@ -74,9 +67,9 @@ inline int team_for(int threads, int64_t work) { return work < (int64_t(1) << 15
 constexpr int kChunk = 64;
 
 // Samples C channels (channel c at vol + c * cstride) at n <= kChunk points (z, y, x);
-// out[c * ostride + p]. Interior points are done in two passes (weights for all points, in a
-// loop the compiler vectorises; then the 8-corner gathers); others go through
-// sample_trilinear. Values equal TrilinearPoint's bit for bit.
+// out[c * ostride + p]. Interior points are done in two passes (trilinear_weights for all
+// points, in a loop the compiler vectorises; then trilinear_interior); others go through
+// sample_trilinear.
 void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z,
                    const float* y, const float* x, int n, float* out, int64_t ostride,
                    Boundary mode, float fill);
