@@ -66,8 +66,7 @@ class OnnxRuntimeCudaBackend(Backend):
         if threads:
             so.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(model.onnx_bytes_or_path(), sess_options=so,
-                                                providers=[(_PROVIDER, provider_options)])
+            self.session = self._session(model, so, provider_options)
         except Exception as exc:  # ORT raises its own exception types for a bad graph
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{model.label or 'model'}: ONNX Runtime (CUDA) cannot load it "
@@ -88,6 +87,20 @@ class OnnxRuntimeCudaBackend(Backend):
         self.fixed_batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
         # Other graph outputs are bound too (ORT must write them somewhere); kept on the device.
         self._other_outputs = [n for n in outputs if n != self.output_name]
+
+    def _session(self, model: ModelSource, so: Any, provider_options: dict[str, str]) -> Any:
+        source = model.onnx_bytes_or_path()
+        try:
+            return ort.InferenceSession(source, sess_options=so, providers=[(_PROVIDER, provider_options)])
+        except Exception as exc:
+            # Older onnxruntime-gpu releases reject option names they do not know (use_tf32,
+            # cudnn_conv_use_max_workspace): retry with the ones every release has.
+            if "option" not in str(exc).lower():
+                raise
+            essential = {k: provider_options[k] for k in
+                         ("device_id", "user_compute_stream", "cudnn_conv_algo_search")}
+            self.provider_options = essential
+            return ort.InferenceSession(source, sess_options=so, providers=[(_PROVIDER, essential)])
 
     @property
     def xp(self) -> Any:

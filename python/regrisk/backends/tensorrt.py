@@ -123,7 +123,7 @@ class TensorRTBackend(Backend):
                              f"(outputs: {', '.join(self._outputs)})")
         first = self.input_names[0]
         static0 = self.engine.get_tensor_shape(first)[0]
-        lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(first, 0))
+        hi = tuple(self.engine.get_tensor_profile_shape(first, 0)[2])
         self.max_batch = int(hi[0])
         self.fixed_batch = int(static0) if static0 > 0 else None
 
