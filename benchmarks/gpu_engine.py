@@ -17,8 +17,9 @@ Methods, each timed end to end after a warm-up run (median of --repeats):
   summed variances, M = I at 1 mm). Plus the unperturbed pass.
 - plain PyTorch, batched: the same with --batch samples per network call (to separate the
   effect of batching from the rest).
-- regrisk engine, torch backend: Estimator on CUDA, the module run through DLPack on CuPy's
-  stream, kernels from regrisk._cuda, streaming Welford; micro-batch --batch.
+- regrisk engine, torch backend: Estimator(module, device="cuda", backend="torch"): the module
+  runs through DLPack on CuPy's stream, kernels from regrisk._cuda, streaming Welford;
+  micro-batch --batch.
 - regrisk engine, onnxruntime-cuda / tensorrt: the same network exported to ONNX (needs
   onnxruntime-gpu / tensorrt installed), when available.
 
@@ -230,23 +231,6 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def engine_callable(net: Any, grid: tuple[int, int, int], on: str = "cuda") -> Any:
-    """The module behind the engine's callable interface, through the torch backend (DLPack)."""
-    from regrisk.backends import ModelSource
-    from regrisk.backends.torch_backend import TorchBackend
-    from regrisk.card import ModelCard
-
-    card = ModelCard(name="vxm-size", grid=grid)
-    backend = TorchBackend(ModelSource(extra={"module": net}, label="vxm-size"), card,
-                           options={"device": on})
-
-    def model(source: Any, target: Any) -> Any:
-        return backend.run({"source": source, "target": target})
-
-    model.__name__ = "vxm_size_torch"
-    return model
-
-
 def export_onnx(net: Any, grid: tuple[int, int, int], out_dir: Path) -> Path | None:
     """The network as ONNX with a regrisk card (dynamic batch), for the ORT / TensorRT rows."""
     import torch
@@ -284,7 +268,7 @@ def cpu_check(grid: tuple[int, int, int] = (32, 32, 48), K: int = 8) -> float:
     draws = perturbations.parse("paper").draw(K, grid, np.eye(3), np.random.default_rng(0))
     S, T = torch.as_tensor(S_np)[None, None], torch.as_tensor(T_np)[None, None]
     ref = PlainTorch(net, grid, torch.device("cpu")).run(S, T, draws, 4, None)
-    res = Estimator(engine_callable(net, grid, on="cpu"), device="cpu", batch=4).estimate(
+    res = Estimator(net, device="cpu", batch=4, backend="torch").estimate(
         (S_np, np.eye(4)), (T_np, np.eye(4)), samples=K, perturbation="paper", seed=0)
     sigma = ref["sigma"].numpy()
     diff = float(np.abs(res.grid_uncertainty - sigma).max())
@@ -362,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         del out
         torch.cuda.empty_cache()
 
-    # The engine, torch backend (callable through DLPack).
-    est = Estimator(engine_callable(net, grid), device="cuda", batch=B)
+    # The engine, torch backend (the module through DLPack on CuPy's stream).
+    est = Estimator(net, device="cuda", batch=B, backend="torch")
     kw = dict(samples=K, perturbation="paper", seed=seed)
     est.estimate((S_np, aff), (T_np, aff), **kw)  # warm-up
     total, res = timed(lambda: est.estimate((S_np, aff), (T_np, aff), **kw), args.repeats)

@@ -220,3 +220,46 @@ def test_engine_onnxruntime_cuda_equals_cpu(tmp_path):
     assert cuda.summary["backend"]["backend"] == "onnxruntime-cuda"
     np.testing.assert_allclose(cuda.uncertainty, cpu.uncertainty, atol=2e-3, rtol=1e-3)
     np.testing.assert_allclose(cuda.displacement, cpu.displacement, atol=2e-3, rtol=1e-3)
+
+
+# --- the torch backend through the engine's registry --------------------------------------------
+
+
+def _flow_net() -> PairNet:
+    net = PairNet(seed=1)
+    with torch.no_grad():  # fields of a few tenths of a voxel: a non-trivial map
+        net.b.weight.mul_(0.3)
+    return net.eval()
+
+
+def test_engine_torch_backend_cpu_equals_callable():
+    S = blob(GRID, (9.0, 11.5, 12.5))
+    T = blob(GRID, (10.0, 10.5, 11.0))
+    net = _flow_net()
+
+    def as_callable(src, tgt):
+        with torch.no_grad():
+            return net(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+
+    kw = dict(samples=6, perturbation="paper", seed=2)
+    a = Estimator(net, device="cpu", backend="torch").estimate((S, AFF), (T, AFF), **kw)
+    b = Estimator(as_callable, device="cpu").estimate((S, AFF), (T, AFF), **kw)
+    assert a.summary["backend"]["backend"] == "torch"
+    assert a.uncertainty.max() > 0.01
+    np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-6)
+
+
+@gpu
+@needs("torch")
+def test_engine_torch_backend_cuda_equals_cpu():
+    S = blob(GRID, (9.0, 11.5, 12.5))
+    T = blob(GRID, (10.0, 10.5, 11.0))
+    net = _flow_net()
+    kw = dict(samples=8, perturbation="paper", seed=4)
+    cpu = Estimator(net, device="cpu", backend="torch").estimate((S, AFF), (T, AFF), **kw)
+    cuda = Estimator(net, device="cuda", backend="torch",
+                     backend_options={"tf32": False}).estimate((S, AFF), (T, AFF), **kw)
+    assert cuda.summary["backend"]["device"] == "cuda"
+    for name in ("uncertainty", "uncertainty_axes", "displacement", "mean_displacement"):
+        np.testing.assert_allclose(getattr(cuda, name), getattr(cpu, name), atol=1e-3, rtol=1e-3,
+                                   err_msg=name)

@@ -15,6 +15,7 @@ module returns a tuple, list or dict, ``options["output"]`` picks the element (i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,12 @@ class TorchBackend(Backend):
     def _to_torch(self, a: Array) -> torch.Tensor:
         if self.device == "cuda":
             return torch.from_dlpack(self._cupy.ascontiguousarray(a, dtype=self._cupy.float32))
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not a.flags.writeable:  # the engine hands out read-only views; the module only reads
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(a)
+        return torch.from_numpy(a)
 
     def _pick(self, result: Any) -> torch.Tensor:
         if isinstance(result, torch.Tensor):
