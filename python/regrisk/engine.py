@@ -44,7 +44,9 @@ Array = Any
 # values per grid voxel is assumed for activations when sizing micro-batches (a small 3-D
 # U-Net at full resolution holds ~16-32 channels). Override with Estimator(activation_floats=).
 DEFAULT_ACTIVATION_FLOATS = 32
-MAX_AUTO_BATCH = 8
+# Largest automatic micro-batch per device: on the CPU a bigger batch buys ORT nothing (it runs
+# the images one after the other) and costs cache and memory; GPUs want wide batches.
+MAX_AUTO_BATCH = {"cpu": 4, "cuda": 16}
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -387,7 +389,8 @@ class Estimator:
         elif self.batch:
             batch = min(self.batch, total)
         else:
-            batch = int(max(1, min(MAX_AUTO_BATCH, total, (budget - fixed) // per_sample)))
+            cap = MAX_AUTO_BATCH.get(self.device, 4)
+            batch = int(max(1, min(cap, total, (budget - fixed) // per_sample)))
         need = fixed + batch * per_sample
         if need > budget:
             raise BudgetError(f"estimated memory {_gib(need)} (batch {batch}, grid "
