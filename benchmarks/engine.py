@@ -234,7 +234,7 @@ def main() -> None:
     print(f"| sample memory | O(1) Welford | {args.samples} stacked fields "
           f"({args.samples * 3 * args.size ** 3 * 4 / 2 ** 30:.2f} GiB) | |")
     print()
-    print(f"baseline stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in bt.items()))
+    print("baseline stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in bt.items()))
     print(f"sigma agreement (model grid): median |diff| {np.median(agree):.2e} mm, "
           f"99th pct {np.percentile(agree, 99):.2e} mm, sigma median {np.median(sigma_b):.3f} mm")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
 
 from regrisk.card import read_card, sidecar_path
 from regrisk.cli import main
