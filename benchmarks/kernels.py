@@ -78,14 +78,21 @@ def bench_size(n: int, repeat: int, base_repeat: int, bandwidth: float, use_torc
     shape = (n, n, n)
     nvox = n**3
     vol = rng.random(shape, dtype=np.float32)
-    disp = (rng.standard_normal((1, 3) + shape, dtype=np.float32) * 3.0)
-    field = (rng.standard_normal((1, 3) + shape, dtype=np.float32) * 3.0)
+    # Smooth fields, as registration outputs and perturbations are: a prediction-like
+    # displacement (+-5 voxels on an 8^3 control grid) and the paper's B-spline perturbation
+    # (+-12.5 voxels on 19^3 control points). One row repeats the warp with i.i.d. noise
+    # (std 3 voxels), the cache-hostile worst case.
+    disp = K.bspline_field(rng.uniform(-5, 5, (1, 3, 8, 8, 8)).astype(np.float32), shape)
+    ctrl = rng.uniform(-12.5, 12.5, (1, 3, 19, 19, 19)).astype(np.float32)
+    field = K.bspline_field(ctrl, shape)
+    noise = (rng.standard_normal((1, 3) + shape, dtype=np.float32) * 3.0)
     aff = np.eye(3, 4, dtype=np.float32)
     aff[:, :3] += rng.uniform(-0.05, 0.05, (3, 3)).astype(np.float32)
     aff[:, 3] = rng.uniform(-2, 2, 3).astype(np.float32)
-    ctrl = rng.uniform(-12.5, 12.5, (1, 3, 19, 19, 19)).astype(np.float32)
+    spacing = np.diag([0.8, 0.9, 1.2]).astype(np.float32)  # voxel -> mm for sigma(M)
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32)] * 3, indexing="ij"))
     coords = grid + disp[0]
+    noise_coords = grid + noise[0]
     acc = K.Welford(shape)
     acc.update(disp)
     batch8 = np.ascontiguousarray(np.repeat(disp, 8, axis=0))
@@ -117,8 +124,12 @@ def bench_size(n: int, repeat: int, base_repeat: int, bandwidth: float, use_torc
             m2_64[t] += d[a] * e[b]
 
     def np_sigma():
+        # tr(M S M^T) = sum_ij (M^T M)_ij S_ij over the 6 stored terms, float32 like the kernel.
         c = acc.covariance
-        return np.sqrt(c[0] + c[3] + c[5])
+        g = spacing.T @ spacing
+        t = (g[0, 0] * c[0] + g[1, 1] * c[3] + g[2, 2] * c[5]
+             + 2 * (g[0, 1] * c[1] + g[0, 2] * c[2] + g[1, 2] * c[4]))
+        return np.sqrt(np.maximum(t, 0))
 
     rows = []
 
@@ -140,13 +151,14 @@ def bench_size(n: int, repeat: int, base_repeat: int, bandwidth: float, use_torc
         rows.append(r)
         print(fmt_row(r), flush=True)
 
-    tvol = tgrid = tfield = None
+    tvol = tgrid = tfield = tnoise = theta = None
     if use_torch:
         import torch
         import torch.nn.functional as F
 
         tvol = torch.from_numpy(vol)[None, None]
         tgrid = torch_grid(coords)
+        tnoise = torch_grid(noise_coords)
         tfield = torch.from_numpy(field)
         with torch.no_grad():
             theta = torch_grid(np.einsum("ij,j...->i...", aff[:, :3], grid) + aff[:, 3, None, None, None])
@@ -161,6 +173,10 @@ def bench_size(n: int, repeat: int, base_repeat: int, bandwidth: float, use_torc
     row("warp displacement (fill)", lambda: K.warp(vol, disp), nvox * (12 + 4 + 4),
         "map_coordinates", lambda: ndimage.map_coordinates(vol, coords, order=1, mode="grid-constant"),
         (lambda: tw(tvol, tgrid, "zeros")) if use_torch else None)
+    row("warp displacement (noise)", lambda: K.warp(vol, noise), nvox * (12 + 4 + 4),
+        "map_coordinates", lambda: ndimage.map_coordinates(vol, noise_coords, order=1,
+                                                            mode="grid-constant"),
+        (lambda: tw(tvol, tnoise, "zeros")) if use_torch else None)
     row("warp displacement (border)", lambda: K.warp(vol, disp, mode="border"), nvox * (12 + 4 + 4),
         "map_coordinates", lambda: ndimage.map_coordinates(vol, coords, order=1, mode="nearest"),
         (lambda: tw(tvol, tgrid, "border")) if use_torch else None)
@@ -180,7 +196,7 @@ def bench_size(n: int, repeat: int, base_repeat: int, bandwidth: float, use_torc
         "numpy float64", np_welford_one)
     row("Welford.update B=8 (/sample)", lambda: acc.update(batch8), nvox * (8 * 12 + 72) / 8,
         per=8)
-    row("Welford.sigma", lambda: acc.sigma(), nvox * (24 + 4), "numpy", np_sigma)
+    row("Welford.sigma(M)", lambda: acc.sigma(spacing), nvox * (24 + 4), "numpy", np_sigma)
     return rows
 
 

@@ -62,8 +62,11 @@ View check(py::handle obj, const char* name, int ndim, bool writable = false) {
   if (!(a.flags() & py::array::c_style)) fail(std::string(name) + ": must be C-contiguous");
   if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) fail(std::string(name) + ": must be aligned");
   if (writable && !a.writeable()) fail(std::string(name) + ": must be writeable");
-  for (int i = 0; i < ndim; ++i)
+  for (int i = 0; i < ndim; ++i) {
     if (a.shape(i) < 1) fail(std::string(name) + ": every dimension must be >= 1");
+    // The kernels index within one axis with 32-bit integers (SIMD conversions).
+    if (a.shape(i) > 0x7fffffff) fail(std::string(name) + ": every dimension must be < 2^31");
+  }
   return View{a, name};
 }
 

@@ -12,19 +12,25 @@ void compose_affine(const float* disp, int64_t B, Grid3 g, const float* affine, 
 #pragma omp parallel for schedule(static) num_threads(team_for(threads, B * n))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (g.d * g.h), i = (r / g.h) % g.d, j = r % g.h;
-    const float* A = affine + broadcast_index(b, Ba) * 12;
-    const float* u = disp + b * 3 * n;
-    float* o = out + b * 3 * n;
+    float A[12];  // a local copy: the outputs cannot alias it
+    for (int c = 0; c < 12; ++c) A[c] = affine[broadcast_index(b, Ba) * 12 + c];
     const int64_t row = (i * g.h + j) * g.w;
-    for (int64_t k = 0; k < g.w; ++k) {
-      const int64_t v = row + k;
+    const float* __restrict uz = disp + b * 3 * n + row;
+    const float* __restrict uy = uz + n;
+    const float* __restrict ux = uz + 2 * n;
+    float* __restrict oz = out + b * 3 * n + row;
+    float* __restrict oy = oz + n;
+    float* __restrict ox = oz + 2 * n;
+    const double id = static_cast<double>(i), jd = static_cast<double>(j);
+    const int w = static_cast<int>(g.w);  // int32 -> double converts in SIMD, int64 does not
+#pragma omp simd
+    for (int k = 0; k < w; ++k) {
       double gz, gy, gx;
-      compose_affine_voxel<double>(A, static_cast<double>(i), static_cast<double>(j),
-                                   static_cast<double>(k), u[v], u[n + v], u[2 * n + v], gz, gy,
-                                   gx);
-      o[v] = static_cast<float>(gz);
-      o[n + v] = static_cast<float>(gy);
-      o[2 * n + v] = static_cast<float>(gx);
+      compose_affine_voxel<double>(A, id, jd, static_cast<double>(k), uz[k], uy[k], ux[k], gz,
+                                   gy, gx);
+      oz[k] = static_cast<float>(gz);
+      oy[k] = static_cast<float>(gy);
+      ox[k] = static_cast<float>(gx);
     }
   }
 }
@@ -36,15 +42,18 @@ void compose_field(const float* disp, int64_t B, Grid3 g, const float* field, in
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (g.d * g.h), i = (r / g.h) % g.d, j = r % g.h;
     const int64_t row = (i * g.h + j) * g.w;
-    const float* u = disp + b * 3 * n + row;
+    const float* __restrict u = disp + b * 3 * n + row;
     const float* d = field + broadcast_index(b, Bf) * 3 * nf;
     float* o = out + b * 3 * n + row;
+    const float fi = static_cast<float>(i), fj = static_cast<float>(j);
     float z[kChunk], y[kChunk], x[kChunk];
-    for (int64_t k0 = 0; k0 < g.w; k0 += kChunk) {
-      const int m = static_cast<int>(g.w - k0 < kChunk ? g.w - k0 : kChunk);
+    // Dimensions are < 2^31 (checked by the bindings): int counters convert to float in SIMD.
+    for (int k0 = 0; k0 < static_cast<int>(g.w); k0 += kChunk) {
+      const int m = static_cast<int>(g.w) - k0 < kChunk ? static_cast<int>(g.w) - k0 : kChunk;
+#pragma omp simd
       for (int p = 0; p < m; ++p) {
-        z[p] = static_cast<float>(i) + u[k0 + p];
-        y[p] = static_cast<float>(j) + u[n + k0 + p];
+        z[p] = fi + u[k0 + p];
+        y[p] = fj + u[n + k0 + p];
         x[p] = static_cast<float>(k0 + p) + u[2 * n + k0 + p];
       }
       // The three channels of d at x + u(x), written to out, then u added in place.

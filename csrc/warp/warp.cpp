@@ -69,16 +69,21 @@ void warp_displacement(const float* volume, int64_t Bv, int64_t C, Grid3 in, con
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
     const int64_t row = (i * og.h + j) * og.w;
-    const float* u = disp + b * 3 * n_out + row;
+    const float* __restrict uz = disp + b * 3 * n_out + row;
+    const float* __restrict uy = uz + n_out;
+    const float* __restrict ux = uz + 2 * n_out;
     const float* vol = volume + broadcast_index(b, Bv) * C * n_in;
     float* o = out + b * C * n_out + row;
+    const float fi = static_cast<float>(i), fj = static_cast<float>(j);
     float z[kChunk], y[kChunk], x[kChunk];
-    for (int64_t k0 = 0; k0 < og.w; k0 += kChunk) {
-      const int n = static_cast<int>(og.w - k0 < kChunk ? og.w - k0 : kChunk);
+    // Dimensions are < 2^31 (checked by the bindings): int counters convert to float in SIMD.
+    for (int k0 = 0; k0 < static_cast<int>(og.w); k0 += kChunk) {
+      const int n = static_cast<int>(og.w) - k0 < kChunk ? static_cast<int>(og.w) - k0 : kChunk;
+#pragma omp simd
       for (int p = 0; p < n; ++p) {
-        z[p] = static_cast<float>(i) + u[k0 + p];
-        y[p] = static_cast<float>(j) + u[n_out + k0 + p];
-        x[p] = static_cast<float>(k0 + p) + u[2 * n_out + k0 + p];
+        z[p] = fi + uz[k0 + p];
+        y[p] = fj + uy[k0 + p];
+        x[p] = static_cast<float>(k0 + p) + ux[k0 + p];
       }
       sample_points(vol, C, n_in, in, z, y, x, n, o + k0, n_out, mode, fill);
     }
@@ -91,17 +96,19 @@ void warp_affine(const float* volume, int64_t Bv, int64_t C, Grid3 in, const flo
 #pragma omp parallel for schedule(static) num_threads(team_for(threads, B * C * n_out))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
-    const float* A = affine + b * 12;
+    float A[12];  // a local copy: the coordinate buffers cannot alias it
+    for (int c = 0; c < 12; ++c) A[c] = affine[b * 12 + c];
     const float* vol = volume + broadcast_index(b, Bv) * C * n_in;
     float* o = out + b * C * n_out + (i * og.h + j) * og.w;
+    const double di = static_cast<double>(i), dj = static_cast<double>(j);
     float z[kChunk], y[kChunk], x[kChunk];
-    for (int64_t k0 = 0; k0 < og.w; k0 += kChunk) {
-      const int n = static_cast<int>(og.w - k0 < kChunk ? og.w - k0 : kChunk);
+    for (int k0 = 0; k0 < static_cast<int>(og.w); k0 += kChunk) {
+      const int n = static_cast<int>(og.w) - k0 < kChunk ? static_cast<int>(og.w) - k0 : kChunk;
+#pragma omp simd
       for (int p = 0; p < n; ++p) {
         // The coordinate in double (as on the GPU), rounded once to float for the sample.
         double zd, yd, xd;
-        affine_point<double>(A, static_cast<double>(i), static_cast<double>(j),
-                             static_cast<double>(k0 + p), zd, yd, xd);
+        affine_point<double>(A, di, dj, static_cast<double>(k0 + p), zd, yd, xd);
         z[p] = static_cast<float>(zd);
         y[p] = static_cast<float>(yd);
         x[p] = static_cast<float>(xd);

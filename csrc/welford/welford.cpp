@@ -62,12 +62,13 @@ void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const f
 void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
                    int threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
+  double G[6];
+  gram_upper<double>(M, G);
 #pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
-    double q[6], var[3];
-    for (int c = 0; c < 6; ++c) q[c] = m2[c * N + v];
-    mapped_variances<double>(q, scale, M, var);
-    out[v] = static_cast<float>(std::sqrt(var[0] + var[1] + var[2]));
+    const double q[6] = {m2[v], m2[N + v], m2[2 * N + v], m2[3 * N + v], m2[4 * N + v],
+                         m2[5 * N + v]};
+    out[v] = static_cast<float>(std::sqrt(mapped_trace<double>(q, scale, G)));
   }
 }
 

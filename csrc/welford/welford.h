@@ -71,6 +71,27 @@ REGRISK_HD void mapped_variances(const Acc s6[6], Acc scale, const float* M, Acc
   }
 }
 
+// G = M^T M as its upper triangle (xx, xy, xz, yy, yz, zz), computed once per call, so that
+// tr(M S M^T) = sum_ij G_ij S_ij costs 6 multiply-adds per voxel instead of three rows.
+template <typename Acc>
+REGRISK_HD void gram_upper(const float* M, Acc G[6]) {
+  const int idx[6][2] = {{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {2, 2}};
+  for (int t = 0; t < 6; ++t) {
+    Acc g = Acc(0);
+    for (int r = 0; r < 3; ++r)
+      g += static_cast<Acc>(M[3 * r + idx[t][0]]) * static_cast<Acc>(M[3 * r + idx[t][1]]);
+    G[t] = g;
+  }
+}
+
+// tr(M S M^T) for S = scale * (6 upper-triangle terms), given G from gram_upper; clamped at 0.
+template <typename Acc>
+REGRISK_HD Acc mapped_trace(const Acc s6[6], Acc scale, const Acc G[6]) {
+  const Acc t = (G[0] * s6[0] + G[3] * s6[3] + G[5] * s6[5] +
+                 Acc(2) * (G[1] * s6[1] + G[2] * s6[2] + G[4] * s6[4])) * scale;
+  return t > Acc(0) ? t : Acc(0);
+}
+
 namespace cpu {
 
 // In place: mean (3, N), m2 (6, N) holding count_before samples absorb batch (B, 3, N).
