@@ -243,3 +243,16 @@ def test_reslice_grid_and_world_displacement():
     pred = Estimator(com_callable, card=card).predict((S, aff), (T, aff))
     assert pred.grid_displacement.shape == (3, 26, 26, 26)
     np.testing.assert_allclose(pred.displacement[:, 7, 7, 7], shift, atol=0.2)
+
+
+def test_identity_grid_map_shortcut_equals_resampling():
+    from regrisk import kernels, spaces
+    from regrisk.card import ModelCard
+
+    v = np.random.default_rng(0).random(GRID).astype(np.float32)
+    gm = spaces.grid_map(GRID, AFF, ModelCard(name="i", grid=GRID))
+    assert gm.is_identity
+    direct = kernels.warp(v, affine=gm.pullback, shape=GRID, mode="border")
+    np.testing.assert_allclose(gm.to_grid(v, kernels), direct, atol=1e-6)
+    np.testing.assert_allclose(gm.to_native(v, kernels), direct, atol=1e-6)
+    assert not spaces.grid_map((20, 22, 25), AFF, ModelCard(name="i", grid=GRID)).is_identity

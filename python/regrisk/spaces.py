@@ -61,13 +61,23 @@ class GridMap:
         # stretch covers the native grid exactly (clamp absorbs rounding); reslice pads with 0
         return "border" if self.method == "stretch" else "fill"
 
+    @property
+    def is_identity(self) -> bool:
+        """The model grid is the native grid (no resampling needed either way)."""
+        return (self.native_shape == self.grid_shape and np.array_equal(self.A, np.eye(3))
+                and not np.any(self.b))
+
     def to_grid(self, volume: Array, kernels: Any) -> Array:
         """Native (D,H,W) or (C,D,H,W) volume -> model grid."""
+        if self.is_identity:
+            return volume.copy()
         return kernels.warp(volume, affine=self.pullback, shape=self.grid_shape,
                             mode=self.fill_mode)
 
     def to_native(self, volume: Array, kernels: Any) -> Array:
         """Model-grid (D,H,W) or (C,D,H,W) volume -> native grid (border clamp outside)."""
+        if self.is_identity:
+            return volume.copy()
         return kernels.warp(volume, affine=self.pushforward, shape=self.native_shape,
                             mode="border" if self.method == "stretch" else "fill")
 
