@@ -154,7 +154,12 @@ class PlainTorch:
                                                       dtype=torch.float32, device=self.device)
             mats.append(self._basis[(n, c)])
         c = torch.as_tensor(ctrl, dtype=torch.float32, device=self.device)
-        return torch.einsum("zi,yj,xk,cijk->czyx", *mats, c)
+        wz, wy, wx = mats
+        # One axis at a time (a single 4-operand einsum may contract in an order that builds a
+        # D*H*W*cD*cH*cW intermediate).
+        c = torch.einsum("cijk,xk->cijx", c, wx)
+        c = torch.einsum("cijx,yj->ciyx", c, wy)
+        return torch.einsum("ciyx,zi->czyx", c, wz).contiguous()
 
     def run(self, S: Any, T: Any, draws: Any, batch: int, clock: dict[str, float] | None) -> dict[str, Any]:
         torch = self.torch
@@ -218,15 +223,13 @@ class PlainTorch:
 
 # -- timing helpers ----------------------------------------------------------------------------------
 
-def timed(fn: Any, repeats: int) -> tuple[float, Any]:
-    import torch
-
+def timed(fn: Any, repeats: int, sync: Any) -> tuple[float, Any]:
     times, out = [], None
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
@@ -287,30 +290,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--cpu-check", action="store_true",
                     help="only check on the CPU (small grid) that the plain baseline and the engine agree")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: a dry run of this script's whole flow (use a small --grid)")
     args = ap.parse_args(argv)
     if args.cpu_check:
         return 0 if cpu_check() < 1e-3 else 1
 
     from regrisk import device
 
-    ok, why = device.cuda_ready()
-    if not ok:
-        print(f"gpu_engine: cannot run: {why}", file=sys.stderr)
-        return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_engine: cannot run: torch has no CUDA (the plain baseline needs it)", file=sys.stderr)
-        return 2
+    on_gpu = args.device == "cuda"
+    if on_gpu:
+        ok, why = device.cuda_ready()
+        if not ok:
+            print(f"gpu_engine: cannot run: {why}", file=sys.stderr)
+            return 2
+        if not torch.cuda.is_available():
+            print("gpu_engine: cannot run: torch has no CUDA (the plain baseline needs it)", file=sys.stderr)
+            return 2
     from regrisk import Estimator, perturbations
 
     grid = tuple(args.grid)
     K, B = args.samples, args.batch
-    dev = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    name = torch.cuda.get_device_name(dev)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        name = torch.cuda.get_device_name(dev)
+    else:
+        import platform
+
+        name = f"CPU ({platform.processor() or platform.machine()}, dry run)"
     net = vxm_unet().to(dev).eval()
     S_np, T_np = synthetic_pair(grid)
     aff = np.eye(4)
@@ -338,36 +351,38 @@ def main(argv: list[str] | None = None) -> int:
     ref = None
     for label, b in (("plain PyTorch (batch 1)", 1), (f"plain PyTorch (batch {B})", B)):
         plain.run(S, T, draws, b, None)  # warm-up (cuDNN autotuning)
-        total, out = timed(lambda: plain.run(S, T, draws, b, None), args.repeats)
+        total, out = timed(lambda: plain.run(S, T, draws, b, None), args.repeats, sync)
         split: dict[str, float] = {}
         plain.run(S, T, draws, b, split)
         add(label, total, split)
         ref = ref or out
         del out
-        torch.cuda.empty_cache()
+        if on_gpu:
+            torch.cuda.empty_cache()
 
     # The engine, torch backend (the module through DLPack on CuPy's stream).
-    est = Estimator(net, device="cuda", batch=B, backend="torch")
+    est = Estimator(net, device=args.device, batch=B, backend="torch")
     kw = dict(samples=K, perturbation="paper", seed=seed)
     est.estimate((S_np, aff), (T_np, aff), **kw)  # warm-up
-    total, res = timed(lambda: est.estimate((S_np, aff), (T_np, aff), **kw), args.repeats)
+    total, res = timed(lambda: est.estimate((S_np, aff), (T_np, aff), **kw), args.repeats, sync)
     diff = float(np.abs(res.grid_uncertainty - ref["sigma"].cpu().numpy()).max())
     add("regrisk engine (torch backend)", total, res.timings,
         {"max_abs_sigma_diff_vs_plain_mm": diff})
 
     # The engine on ONNX Runtime CUDA / TensorRT, when installed.
     if args.onnx_dir:
-        backends = device.cuda_backends()
+        backends = device.cuda_backends() if on_gpu else {"onnxruntime": None}
         path = export_onnx(vxm_unet().eval(), grid, Path(args.onnx_dir))
-        for backend in ("onnxruntime-cuda", "tensorrt"):
+        for backend in (("onnxruntime-cuda", "tensorrt") if on_gpu else ("onnxruntime",)):
             if path is None or backends.get(backend) is not None:
                 print(f"  ({backend} row skipped: {backends.get(backend) or 'no ONNX graph'})")
                 continue
             try:
-                est_b = Estimator(str(path), device="cuda", batch=B, backend=backend,
+                est_b = Estimator(str(path), device=args.device, batch=B, backend=backend,
                                   backend_options={"max_batch": B, "opt_batch": B} if backend == "tensorrt" else None)
                 est_b.estimate((S_np, aff), (T_np, aff), **kw)
-                total, res_b = timed(lambda: est_b.estimate((S_np, aff), (T_np, aff), **kw), args.repeats)
+                total, res_b = timed(lambda: est_b.estimate((S_np, aff), (T_np, aff), **kw),
+                                     args.repeats, sync)
                 diff = float(np.abs(res_b.grid_uncertainty - ref["sigma"].cpu().numpy()).max())
                 add(f"regrisk engine ({backend})", total, res_b.timings,
                     {"max_abs_sigma_diff_vs_plain_mm": diff})
