@@ -24,9 +24,13 @@ def test_card_from_graph_then_edit(tmp_path, capsys):
     assert card.preprocess.method == "percentile" and card.preprocess.high == 99
     assert card.batch == "dynamic"
     # edit one field, keep the rest
-    assert main(["card", str(path), "--stochastic", "true", "--align-corners", "false"]) == 0
+    assert main(["card", str(path), "--stochastic", "true", "--align-corners", "false",
+                 "--provenance", "source=unit test", "--provenance", "licence=MIT"]) == 0
     card = read_card(path)
     assert card.stochastic and not card.output.align_corners and card.description == "test net"
+    assert card.provenance == {"source": "unit test", "licence": "MIT"}
+    assert main(["card", str(path), "--provenance", "licence="]) == 0
+    assert read_card(path).provenance == {"source": "unit test"}
     capsys.readouterr()
     assert main(["card", str(path), "--show", "--name", "renamed"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -58,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reslice spacing in mm")
     p.add_argument("--stochastic", type=_bool, metavar="BOOL")
     p.add_argument("--description")
+    p.add_argument("--provenance", action="append", metavar="KEY=VALUE", default=[],
+                   help="add or replace one provenance entry (repeatable; empty VALUE removes it)")
     p.set_defaults(func=run)
 
 
@@ -136,6 +138,15 @@ def run(args: argparse.Namespace) -> int:
         for k in keys[:-1]:
             node = node[k]
         node[keys[-1]] = list(value) if isinstance(value, (list, tuple)) else value
+    for item in args.provenance:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CardError(f"--provenance {item!r}: expected KEY=VALUE")
+        prov = base.setdefault("provenance", {})
+        if value:
+            prov[key.strip()] = value
+        else:
+            prov.pop(key.strip(), None)
     if args.batch == "dynamic" and args.batch_size is None:
         base["batch_size"] = 1
     if "grid" not in base:
