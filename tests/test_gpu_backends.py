@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from regrisk import Estimator, device
-from regrisk.backends import ModelSource
-from regrisk.backends.onnxruntime import OnnxRuntimeBackend
-from regrisk.backends.torch_backend import TorchBackend
-from regrisk.card import Inputs, ModelCard
-from regrisk.errors import ModelError
-from test_engine_helpers import blob, com, com_model, oblique_affine
+torch = pytest.importorskip("torch", reason="the PyTorch backend tests need torch")
+
+from regrisk import Estimator, device  # noqa: E402
+from regrisk.backends import ModelSource  # noqa: E402
+from regrisk.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from regrisk.backends.torch_backend import TorchBackend  # noqa: E402
+from regrisk.card import Inputs, ModelCard  # noqa: E402
+from regrisk.errors import ModelError  # noqa: E402
+from test_engine_helpers import blob, com, com_model, oblique_affine  # noqa: E402
 
 READY, REASON = device.cuda_ready()
 BACKENDS = device.cuda_backends()
