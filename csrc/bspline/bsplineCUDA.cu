@@ -129,7 +129,7 @@ void bspline_field(const float* control, int64_t b, int64_t cd, int64_t ch, int6
   const int64_t n_vox = D * H * W;
   if (b == 0 || n_vox == 0) return;
   detail::check_voxels(n_vox, "bspline_field");
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   const Grid3 cg{cd, ch, cw};
   const Dims32 g{uint32_t(D), uint32_t(H), uint32_t(W)};
   const auto s = reinterpret_cast<cudaStream_t>(stream);

@@ -87,7 +87,7 @@ void compose_affine(const float* disp, int64_t b, int64_t D, int64_t H, int64_t 
   const int64_t n_vox = D * H * W;
   if (b == 0 || n_vox == 0) return;
   detail::check_voxels(n_vox, "compose_affine");
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   const Dims32 g{uint32_t(D), uint32_t(H), uint32_t(W)};
   compose_affine_kernel<<<grid_for(n_vox, b), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       disp, b, g, affine, ba, out);
@@ -100,7 +100,7 @@ void compose_field(const float* disp, int64_t b, int64_t D, int64_t H, int64_t W
   const int64_t n_vox = D * H * W;
   if (b == 0 || n_vox == 0) return;
   detail::check_voxels(n_vox, "compose_field");
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const Dims32 g{uint32_t(D), uint32_t(H), uint32_t(W)};
   const Grid3 fg{d, h, w};

@@ -15,7 +15,7 @@ namespace regrisk::cuda {
 
 namespace detail {
 
-void use_device(int device) {
+DeviceGuard::DeviceGuard(int device) {
   int current = -1;
   if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
   const cudaError_t err = cudaSetDevice(device);
@@ -23,6 +23,11 @@ void use_device(int device) {
     throw std::runtime_error(std::string("regrisk._cuda: cannot use CUDA device ") +
                              std::to_string(device) + ": " + cudaGetErrorString(err));
   }
+  previous_ = current;  // the caller's device (CuPy's current one) comes back afterwards
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0) cudaSetDevice(previous_);
 }
 
 void check_launch(const char* what) {
@@ -124,7 +129,7 @@ void warp_displacement(const float* volume, int64_t bv, int64_t c, int64_t D, in
   const int64_t n_out = d * h * w;
   if (b == 0 || c == 0 || n_out == 0) return;
   detail::check_voxels(n_out, "warp_displacement");
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const Grid3 in{D, H, W};
   const Dims32 o{uint32_t(d), uint32_t(h), uint32_t(w)};
@@ -144,7 +149,7 @@ void warp_affine(const float* volume, int64_t bv, int64_t c, int64_t D, int64_t 
   const int64_t n_out = d * h * w;
   if (b == 0 || c == 0 || n_out == 0) return;
   detail::check_voxels(n_out, "warp_affine");
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const Grid3 in{D, H, W};
   const Dims32 o{uint32_t(d), uint32_t(h), uint32_t(w)};

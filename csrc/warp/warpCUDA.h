@@ -22,8 +22,18 @@ void warp_affine(const float* volume, int64_t bv, int64_t c, int64_t D, int64_t 
 
 // Launch plumbing shared by every *CUDA.cu file (defined in warpCUDA.cu).
 namespace detail {
-// Makes `device` current for this host thread (no-op when it already is); throws on failure.
-void use_device(int device);
+// Makes `device` current for this host thread for the guard's lifetime and restores the
+// previous device afterwards (no calls when it already is current); throws on failure.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
 // Throws std::runtime_error naming `what` if the last launch (or an earlier async error) failed.
 void check_launch(const char* what);
 // Largest voxel count per volume the kernels index with 32-bit arithmetic; throws above it.

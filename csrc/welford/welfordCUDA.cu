@@ -91,7 +91,7 @@ Mat3 to_mat3(const float* m) {
 void welford_update(int64_t count, float* mean, float* m2, const float* batch, int64_t b,
                     int64_t n, int device, std::uintptr_t stream) {
   if (b == 0 || n == 0) return;
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   update_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       count, mean, m2, batch, b, n);
   detail::check_launch("welford_update");
@@ -101,7 +101,7 @@ void welford_merge(int64_t count_a, float* mean_a, float* m2_a, int64_t count_b,
                    const float* mean_b, const float* m2_b, int64_t n, int device,
                    std::uintptr_t stream) {
   if (n == 0 || count_b == 0) return;  // nothing to absorb: a is already the merge
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   merge_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(count_a), mean_a, m2_a, Acc(count_b), mean_b, m2_b, n);
   detail::check_launch("welford_merge");
@@ -110,7 +110,7 @@ void welford_merge(int64_t count_a, float* mean_a, float* m2_a, int64_t count_b,
 void welford_sigma(int64_t count, const float* m2, const float* m, float* out, int64_t n,
                    int device, std::uintptr_t stream) {
   if (n == 0) return;
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   sigma_kernel<false><<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(1) / Acc(count - 1), m2, to_mat3(m), out, n);
   detail::check_launch("welford_sigma");
@@ -119,7 +119,7 @@ void welford_sigma(int64_t count, const float* m2, const float* m, float* out, i
 void welford_axis_sigma(int64_t count, const float* m2, const float* m, float* out, int64_t n,
                         int device, std::uintptr_t stream) {
   if (n == 0) return;
-  detail::use_device(device);
+  const detail::DeviceGuard guard(device);
   sigma_kernel<true><<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(1) / Acc(count - 1), m2, to_mat3(m), out, n);
   detail::check_launch("welford_axis_sigma");
