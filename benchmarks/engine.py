@@ -186,6 +186,7 @@ def main() -> None:
     export(torch, net, args.size, path)
     source, target = make_pair(args.size)
 
+    load0 = os.getloadavg()
     est = Estimator(path, threads=threads, batch=args.batch)
     est.estimate(source, target, samples=2, perturbation="translation", seed=1)  # warm-up
     t0 = time.perf_counter()
@@ -198,7 +199,7 @@ def main() -> None:
     print(f"# engine benchmark: {args.size}^3, K={args.samples}, perturbation={args.perturbation}, "
           f"threads={threads}, batch={res.summary['parameters']['batch']}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{platform.platform()}")
+          f"{platform.platform()}; load average at start {load0[0]:.1f}, now {os.getloadavg()[0]:.1f}")
     print()
     print("| stage | regrisk (s) |")
     print("|---|---:|")
@@ -221,6 +222,7 @@ def main() -> None:
     t0 = time.perf_counter()
     sigma_b, bt = baseline(torch, net, S, T, draws, np.diag(source[1])[:3])
     wall_b = time.perf_counter() - t0
+    print(f"# load average after the baseline: {os.getloadavg()[0]:.1f}")
     other_b = wall_b - bt["inference"]
     agree = np.abs(sigma_b - res.grid_uncertainty)
     print()
