@@ -229,8 +229,12 @@ def write_report(path: Path, args: argparse.Namespace, model_desc: str, pair: tu
         "## Figures", "",
         *[f"- [{p.name}]({rel}/plots/{p.name})" for p in plots], "",
     ]
-    if args.notes and Path(args.notes).is_file():
-        text += ["## Discussion", "", Path(args.notes).read_text().strip(), ""]
+    # A hand-written "## Discussion" section of an earlier report is kept on regeneration
+    # (it is reviewed against the new numbers by whoever reruns this).
+    if path.is_file():
+        old = path.read_text()
+        if "\n## Discussion" in old:
+            text += [old[old.index("\n## Discussion") + 1:].rstrip(), ""]
     path.write_text("\n".join(text))
 
 
@@ -253,8 +257,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "evaluation_default"))
     ap.add_argument("--report", default=str(ROOT / "benchmarks" / "EVALUATION.md"))
-    ap.add_argument("--notes", default=str(ROOT / "benchmarks" / "evaluation_notes.md"),
-                    help="hand-written discussion appended to the report when the file exists")
     raw = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(raw)
     args.argv = raw
