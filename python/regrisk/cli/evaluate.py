@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="score uncertainty maps against the true error of known synthetic transforms",
-        description="Warp an image by a known transform (translation of up to 10%% of the grid, "
+        description="Warp an image by a known transform (translation of up to 10% of the grid, "
         "affine with shear U(-0.1, 0.1) and scale U(0.8, 1.2), or two composed cubic B-spline "
         "fields), register it back to the original with the model, and score each uncertainty "
         "map (equivariance, inverse consistency, MC dropout, random) against the true error "
