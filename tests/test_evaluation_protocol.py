@@ -179,11 +179,14 @@ def test_evaluate_end_to_end_with_demons(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".eval*"))  # temp folder renamed away
 
 
-def test_convergence_independent_and_sobol() -> None:
+def test_convergence_independent_and_sobol(tmp_path: Path) -> None:
     src, tgt = _pair()
-    res = evaluate(None, model=demons, source=src, target=tgt, ground_truth=("nonlinear",),
-                   samples=4, base="target", convergence=True, convergence_samples=(4, 8, 16),
-                   baselines=(), plots="none", perturbation=("affine",))
+    res = evaluate(tmp_path / "c", model=demons, source=src, target=tgt,
+                   ground_truth=("nonlinear",), samples=4, base="target", convergence=True,
+                   convergence_samples=(4, 8, 16), baselines=(), perturbation=("affine",))
+    assert len(_rows(tmp_path / "c" / "convergence.csv")) == 6
+    assert (tmp_path / "c" / "plots" / "convergence_nonlinear.png").is_file()
+    assert "Sample efficiency" in (tmp_path / "c" / "summary.md").read_text()
     conv = res.convergence
     assert [(r["draws"], r["samples"]) for r in conv] == [
         ("independent", 4), ("independent", 8), ("independent", 16),
