@@ -48,16 +48,35 @@ void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const 
     ix[p] = x0;
     inside[p] = in;
   }
-  // Pass 2: the corner gathers.
+  // Pass 2: the corner gathers; every channel reuses the point's weights. One channel (warps)
+  // and three (compose) are spelled out (measured faster than the generic channel loop).
   const int64_t sy = g.w, sz = g.h * g.w;
-  for (int p = 0; p < n; ++p) {
-    if (inside[p]) {
-      const int64_t off = (static_cast<int64_t>(iz[p]) * g.h + iy[p]) * g.w + ix[p];
-      for (int64_t c = 0; c < C; ++c)
-        out[c * ostride + p] = trilinear_interior(vol + c * cstride + off, sy, sz, &w[0][p], kChunk);
-    } else {
-      for (int64_t c = 0; c < C; ++c)
-        out[c * ostride + p] = sample_trilinear(vol + c * cstride, g, z[p], y[p], x[p], mode, fill);
+  int64_t off[kChunk];
+  for (int p = 0; p < n; ++p) off[p] = (static_cast<int64_t>(iz[p]) * g.h + iy[p]) * g.w + ix[p];
+  if (C == 1) {
+    for (int p = 0; p < n; ++p)
+      out[p] = inside[p] ? trilinear_interior(vol + off[p], sy, sz, &w[0][p], kChunk)
+                         : sample_trilinear(vol, g, z[p], y[p], x[p], mode, fill);
+  } else if (C == 3) {
+    const float *c1 = vol + cstride, *c2 = vol + 2 * cstride;
+    for (int p = 0; p < n; ++p) {
+      if (inside[p]) {
+        out[p] = trilinear_interior(vol + off[p], sy, sz, &w[0][p], kChunk);
+        out[ostride + p] = trilinear_interior(c1 + off[p], sy, sz, &w[0][p], kChunk);
+        out[2 * ostride + p] = trilinear_interior(c2 + off[p], sy, sz, &w[0][p], kChunk);
+      } else {
+        out[p] = sample_trilinear(vol, g, z[p], y[p], x[p], mode, fill);
+        out[ostride + p] = sample_trilinear(c1, g, z[p], y[p], x[p], mode, fill);
+        out[2 * ostride + p] = sample_trilinear(c2, g, z[p], y[p], x[p], mode, fill);
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float* ch = vol + c * cstride;
+      float* o = out + c * ostride;
+      for (int p = 0; p < n; ++p)
+        o[p] = inside[p] ? trilinear_interior(ch + off[p], sy, sz, &w[0][p], kChunk)
+                         : sample_trilinear(ch, g, z[p], y[p], x[p], mode, fill);
     }
   }
 }

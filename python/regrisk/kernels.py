@@ -129,7 +129,7 @@ def _shape3(name: str, shape: Any) -> tuple[int, int, int]:
 
 
 def _mode(mode: Any) -> bool:
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode: expected 'fill' or 'border', got {mode!r}")
     return mode == "border"
 
