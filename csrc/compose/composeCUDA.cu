@@ -1,6 +1,6 @@
 // CUDA kernels for compose: one thread per voxel of one batch item. Per-voxel math is shared
-// with the CPU build: compose_affine_voxel (compose/compose.h), sample_trilinear
-// (common/sampling.h), broadcast_index (warp/warp.h).
+// with the CPU build: compose_affine_voxel (compose/compose.h), the CPU's per-point trilinear
+// sampling (trilinear_at / trilinear_value in warp/warpCUDA.h), broadcast_index (warp/warp.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -73,9 +73,10 @@ __global__ void __launch_bounds__(kThreads)
       unravel(static_cast<uint32_t>(n), g, i, j, k);
       const float uz = u[n], uy = u[n_vox + n], ux = u[2 * n_vox + n];
       const float z = i + uz, y = j + uy, x = k + ux;
-      dst[n] = uz + sample_trilinear(f, fg, z, y, x, M, fill);
-      dst[n_vox + n] = uy + sample_trilinear(f + n_f, fg, z, y, x, M, fill);
-      dst[2 * n_vox + n] = ux + sample_trilinear(f + 2 * n_f, fg, z, y, x, M, fill);
+      const Trilinear t = trilinear_at(fg, z, y, x);  // weights shared by the 3 channels
+      dst[n] = trilinear_value(f, fg, t, z, y, x, M, fill) + uz;
+      dst[n_vox + n] = trilinear_value(f + n_f, fg, t, z, y, x, M, fill) + uy;
+      dst[2 * n_vox + n] = trilinear_value(f + 2 * n_f, fg, t, z, y, x, M, fill) + ux;
     }
   }
 }

@@ -1,6 +1,7 @@
 // CUDA kernels for warp: one thread per output voxel of one batch item; the sample coordinate
-// is computed once and reused for every channel. Per-voxel math is shared with the CPU build:
-// regrisk::sample_trilinear (common/sampling.h), affine_point and broadcast_index (warp/warp.h).
+// and its trilinear weights are computed once and reused for every channel. Per-voxel math is
+// the CPU build's: sample_trilinear (common/sampling.h), trilinear_weights, trilinear_interior,
+// affine_point and broadcast_index (warp/warp.h), combined as in warp.cpp (warpCUDA.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -87,8 +88,9 @@ __global__ void __launch_bounds__(kThreads)
       float i, j, k;
       unravel(static_cast<uint32_t>(n), o, i, j, k);
       const float z = i + u[n], y = j + u[n_out + n], x = k + u[2 * n_out + n];
+      const Trilinear t = trilinear_at(in, z, y, x);
       for (int64_t ch = 0; ch < c; ++ch) {
-        dst[ch * n_out + n] = sample_trilinear(vol + ch * n_in, in, z, y, x, M, fill);
+        dst[ch * n_out + n] = trilinear_value(vol + ch * n_in, in, t, z, y, x, M, fill);
       }
     }
   }
@@ -110,12 +112,12 @@ __global__ void __launch_bounds__(kThreads)
       float i, j, k;
       unravel(static_cast<uint32_t>(n), o, i, j, k);
       // Coordinate in double, sample in float: the CPU build's arithmetic exactly.
-      double z, y, x;
-      affine_point<double>(a, i, j, k, z, y, x);
+      double zd, yd, xd;
+      affine_point<double>(a, i, j, k, zd, yd, xd);
+      const float z = static_cast<float>(zd), y = static_cast<float>(yd), x = static_cast<float>(xd);
+      const Trilinear t = trilinear_at(in, z, y, x);
       for (int64_t ch = 0; ch < c; ++ch) {
-        dst[ch * n_out + n] = sample_trilinear(vol + ch * n_in, in, static_cast<float>(z),
-                                               static_cast<float>(y), static_cast<float>(x), M,
-                                               fill);
+        dst[ch * n_out + n] = trilinear_value(vol + ch * n_in, in, t, z, y, x, M, fill);
       }
     }
   }

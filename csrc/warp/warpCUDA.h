@@ -7,7 +7,42 @@
 
 #include <cstdint>
 
+#include "common/sampling.h"
+#include "warp/warp.h"
+
 namespace regrisk::cuda {
+
+// Per-point trilinear sampling exactly as the CPU kernels do it (warp.cpp, sample_points):
+// a point whose 8 corners all lie inside the volume (0 <= coordinate < n - 1 on every axis)
+// uses trilinear_weights / trilinear_interior with the weights computed once for all channels;
+// any other point goes through sample_trilinear with the caller's boundary mode.
+struct Trilinear {
+  float w[8];
+  int64_t offset;  // index of the first corner (interior points only)
+  bool interior;
+};
+
+REGRISK_HD Trilinear trilinear_at(const Grid3& g, float z, float y, float x) {
+  Trilinear t;
+  t.interior = z >= 0.f && y >= 0.f && x >= 0.f && z < static_cast<float>(g.d - 1) &&
+               y < static_cast<float>(g.h - 1) && x < static_cast<float>(g.w - 1);
+  t.offset = 0;
+  if (t.interior) {
+    const int32_t z0 = static_cast<int32_t>(z), y0 = static_cast<int32_t>(y),
+                  x0 = static_cast<int32_t>(x);
+    trilinear_weights(z - static_cast<float>(z0), y - static_cast<float>(y0),
+                      x - static_cast<float>(x0), t.w);
+    t.offset = (static_cast<int64_t>(z0) * g.h + y0) * g.w + x0;
+  }
+  return t;
+}
+
+// One channel (`vol`, d*h*w values) at the point located by `t`.
+REGRISK_HD float trilinear_value(const float* vol, const Grid3& g, const Trilinear& t, float z,
+                                 float y, float x, Boundary mode, float fill) {
+  return t.interior ? trilinear_interior(vol + t.offset, g.w, g.h * g.w, t.w)
+                    : sample_trilinear(vol, g, z, y, x, mode, fill);
+}
 
 // out[b, c](x) = volume[bv, c](x + disp[b](x)); volume (Bv, C, D, H, W) with Bv in {1, B},
 // disp (B, 3, d, h, w), out (B, C, d, h, w).

@@ -1,7 +1,7 @@
 // CUDA kernels for the streaming statistics: one thread per voxel, accumulating in double
-// registers exactly like the CPU build (welford_step, chan_merge and mapped_variances come from
-// welford/welford.h). Every sample of a batch is folded in order, so the result equals the CPU's
-// up to the float32 rounding of the stored state.
+// registers exactly like the CPU build (welford_step, chan_merge, gram_upper, mapped_trace and
+// mapped_variances come from welford/welford.h). Every sample of a batch is folded in order,
+// so the result equals the CPU's up to the float32 rounding of the stored state.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -63,20 +63,31 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <bool PerAxis>
+// G = M^T M (upper triangle), computed once on the host as the CPU build does.
+struct Gram {
+  Acc g[6];
+};
+
 __global__ void __launch_bounds__(kThreads)
-    sigma_kernel(Acc scale, const float* __restrict__ m2, Mat3 M, float* __restrict__ out,
+    sigma_kernel(Acc scale, const float* __restrict__ m2, Gram G, float* __restrict__ out,
                  int64_t n_vox) {
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < n_vox;
+       n += int64_t(gridDim.x) * blockDim.x) {
+    Acc s[6];
+    for (int c = 0; c < 6; ++c) s[c] = m2[c * n_vox + n];
+    out[n] = static_cast<float>(sqrt(mapped_trace<Acc>(s, scale, G.g)));
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    axis_sigma_kernel(Acc scale, const float* __restrict__ m2, Mat3 M, float* __restrict__ out,
+                      int64_t n_vox) {
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < n_vox;
        n += int64_t(gridDim.x) * blockDim.x) {
     Acc s[6], v[3];
     for (int c = 0; c < 6; ++c) s[c] = m2[c * n_vox + n];
     mapped_variances<Acc>(s, scale, M.m, v);
-    if (PerAxis) {
-      for (int c = 0; c < 3; ++c) out[c * n_vox + n] = static_cast<float>(sqrt(v[c]));
-    } else {
-      out[n] = static_cast<float>(sqrt(v[0] + v[1] + v[2]));
-    }
+    for (int c = 0; c < 3; ++c) out[c * n_vox + n] = static_cast<float>(sqrt(v[c]));
   }
 }
 
@@ -111,8 +122,10 @@ void welford_sigma(int64_t count, const float* m2, const float* m, float* out, i
                    int device, std::uintptr_t stream) {
   if (n == 0) return;
   const detail::DeviceGuard guard(device);
-  sigma_kernel<false><<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      Acc(1) / Acc(count - 1), m2, to_mat3(m), out, n);
+  Gram G;
+  gram_upper<Acc>(m, G.g);
+  sigma_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      Acc(1) / Acc(count - 1), m2, G, out, n);
   detail::check_launch("welford_sigma");
 }
 
@@ -120,7 +133,7 @@ void welford_axis_sigma(int64_t count, const float* m2, const float* m, float* o
                         int device, std::uintptr_t stream) {
   if (n == 0) return;
   const detail::DeviceGuard guard(device);
-  sigma_kernel<true><<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  axis_sigma_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(1) / Acc(count - 1), m2, to_mat3(m), out, n);
   detail::check_launch("welford_axis_sigma");
 }
