@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, help="samples per network call")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--backend", default=None,
+                   help="force a backend (onnxruntime, onnxruntime-cuda, tensorrt, torch); "
+                   "default: the device's first available")
     p.add_argument("--memory-budget", type=_bytes, default=None,
                    help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
     io.check_output(args.out, args.overwrite)  # refuse before any computation
     with Estimator(args.model, device=args.device, threads=args.threads, batch=args.batch,
-                   memory_budget=args.memory_budget) as est:
+                   memory_budget=args.memory_budget, backend=args.backend) as est:
         result = est.estimate(args.source, args.target, samples=args.samples,
                               perturbation=args.perturbation, seed=args.seed, sobol=args.sobol,
                               progress=not args.quiet and sys.stderr.isatty(), passes=args.passes)
