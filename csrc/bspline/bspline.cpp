@@ -38,7 +38,7 @@ void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 
   const int64_t rows1 = planes * cg.d * cg.h;
 #pragma omp parallel num_threads(team_for(threads, planes * g.size()))
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk_for(g.w))
     for (int64_t r = 0; r < rows1; ++r) {
       const float* src = control + r * cg.w;
       float* dst = s1.data() + r * g.w;
@@ -49,7 +49,7 @@ void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 
       }
     }
     const int64_t rows2 = planes * cg.d * g.h;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk_for(g.w))
     for (int64_t r = 0; r < rows2; ++r) {
       const int64_t p = r / g.h, j = r % g.h;  // p indexes (plane, control depth)
       const float* src = s1.data() + (p * cg.h + ty.first[j]) * g.w;
@@ -61,7 +61,7 @@ void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 
       }
     }
     const int64_t rows3 = planes * g.d * g.h, slab = g.h * g.w;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk_for(g.w))
     for (int64_t r = 0; r < rows3; ++r) {
       const int64_t plane = r / (g.d * g.h), i = (r / g.h) % g.d, j = r % g.h;
       const float* src = s2.data() + (plane * cg.d + tz.first[i]) * slab + j * g.w;

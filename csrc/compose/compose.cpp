@@ -1,6 +1,6 @@
 // CPU (OpenMP) composition of a displacement with an affine or a dense perturbation.
-// Static schedule over rows; each output value has one fixed computation (thread-count
-// independent results).
+// Rows are dynamically scheduled in chunks (chunk_for); each output value has one fixed
+// computation, so results do not depend on the thread count.
 #include "compose/compose.h"
 
 namespace regrisk {
@@ -9,7 +9,8 @@ namespace cpu {
 void compose_affine(const float* disp, int64_t B, Grid3 g, const float* affine, int64_t Ba,
                     float* out, int threads) {
   const int64_t n = g.size(), rows = B * g.d * g.h;
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * n))
+#pragma omp parallel for schedule(dynamic, chunk_for(3 * g.w)) \
+    num_threads(team_for(threads, B * n))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (g.d * g.h), i = (r / g.h) % g.d, j = r % g.h;
     float A[12];  // a local copy: the outputs cannot alias it
@@ -38,7 +39,8 @@ void compose_affine(const float* disp, int64_t B, Grid3 g, const float* affine, 
 void compose_field(const float* disp, int64_t B, Grid3 g, const float* field, int64_t Bf,
                    Grid3 fg, float* out, float fill, Boundary mode, int threads) {
   const int64_t n = g.size(), nf = fg.size(), rows = B * g.d * g.h;
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * n))
+#pragma omp parallel for schedule(dynamic, chunk_for(3 * g.w)) \
+    num_threads(team_for(threads, B * n))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (g.d * g.h), i = (r / g.h) % g.d, j = r % g.h;
     const int64_t row = (i * g.h + j) * g.w;

@@ -1,6 +1,7 @@
-// CPU (OpenMP) warps. One parallel loop over output rows (b, i, j) with a static schedule:
-// every output value is produced by exactly one thread with the same arithmetic, so the result
-// is bitwise identical for any thread count. Rows are sampled in chunks of kChunk points.
+// CPU (OpenMP) warps. One parallel loop over output rows (b, i, j), dynamically scheduled in
+// chunks (chunk_for): every output value is produced whole by one thread with the same
+// arithmetic, so the result is bitwise identical for any thread count or schedule. Each row is
+// sampled in chunks of kChunk points.
 #include "warp/warp.h"
 
 #include <cstring>
@@ -84,7 +85,8 @@ void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const 
 void warp_displacement(const float* volume, int64_t Bv, int64_t C, Grid3 in, const float* disp,
                        int64_t B, Grid3 og, float* out, float fill, Boundary mode, int threads) {
   const int64_t n_in = in.size(), n_out = og.size(), rows = B * og.d * og.h;
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * C * n_out))
+#pragma omp parallel for schedule(dynamic, chunk_for(C * og.w)) \
+    num_threads(team_for(threads, B * C * n_out))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
     const int64_t row = (i * og.h + j) * og.w;
@@ -112,7 +114,8 @@ void warp_displacement(const float* volume, int64_t Bv, int64_t C, Grid3 in, con
 void warp_affine(const float* volume, int64_t Bv, int64_t C, Grid3 in, const float* affine,
                  int64_t B, Grid3 og, float* out, float fill, Boundary mode, int threads) {
   const int64_t n_in = in.size(), n_out = og.size(), rows = B * og.d * og.h;
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, B * C * n_out))
+#pragma omp parallel for schedule(dynamic, chunk_for(C * og.w)) \
+    num_threads(team_for(threads, B * C * n_out))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / (og.d * og.h), i = (r / og.h) % og.d, j = r % og.h;
     float A[12];  // a local copy: the coordinate buffers cannot alias it

@@ -72,6 +72,12 @@ namespace cpu {
 // than it saves, and far more on a loaded machine). Results never depend on the team size.
 inline int team_for(int threads, int64_t work) { return work < (int64_t(1) << 15) ? 1 : threads; }
 
+// Loop iterations per dynamically scheduled chunk when each iteration covers `per` elements:
+// about 16k elements, so a thread that the OS delays (2 cores shared with other work) leaves
+// its share to the others instead of stalling the call. Every output element is still computed
+// whole by one thread with the same operations, so results do not depend on the schedule.
+inline int64_t chunk_for(int64_t per) { return per >= 16384 ? 1 : 16384 / (per > 0 ? per : 1); }
+
 // Points sampled per call of sample_points (the scratch of one call stays in L1).
 constexpr int kChunk = 64;
 

@@ -1,6 +1,7 @@
 // CPU (OpenMP) Welford statistics. Voxels are split into fixed blocks; within a block the
 // accumulators live in double registers while the whole batch streams through, then go back to
-// float32 storage once. Every voxel's arithmetic is independent of the thread count.
+// float32 storage once. Blocks are scheduled dynamically (chunk_for); every voxel's arithmetic
+// is independent of the thread count and of the schedule.
 #include "welford/welford.h"
 #include "warp/warp.h"  // team_for
 
@@ -41,7 +42,8 @@ static void update_block(int64_t count_before, float* mean, float* m2, int64_t N
 void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
                     int64_t B, int threads) {
   const int64_t blocks = (N + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
+#pragma omp parallel for schedule(dynamic, chunk_for(kBlock * (B + 1))) \
+    num_threads(team_for(threads, N))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
     update_block(count_before, mean, m2, N, batch, B, v0, nv);
@@ -51,7 +53,7 @@ void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, con
 void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const float* mean_b,
                    const float* m2_b, int64_t N, int threads) {
   const double na = static_cast<double>(n_a), nb = static_cast<double>(n_b);
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
+#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     double ma[3], qa[6], mb[3], qb[6];
     for (int c = 0; c < 3; ++c) {
@@ -73,7 +75,7 @@ void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, fl
   const double scale = 1.0 / static_cast<double>(count - 1);
   double G[6];
   gram_upper<double>(M, G);
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
+#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     const double q[6] = {m2[v], m2[N + v], m2[2 * N + v], m2[3 * N + v], m2[4 * N + v],
                          m2[5 * N + v]};
@@ -84,7 +86,7 @@ void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, fl
 void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
                         int threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
-#pragma omp parallel for schedule(static) num_threads(team_for(threads, N))
+#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
   for (int64_t v = 0; v < N; ++v) {
     double q[6], var[3];
     for (int c = 0; c < 6; ++c) q[c] = m2[c * N + v];
