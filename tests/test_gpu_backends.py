@@ -94,6 +94,13 @@ def test_torch_backend_rejects_a_non_module():
         TorchBackend(ModelSource(function=lambda s, t: s, label="f"), card, options={"device": "cpu"})
 
 
+def test_torch_backend_refuses_onnx_with_the_reason(tmp_path):
+    path = com_model(tmp_path / "com.onnx", GRID)
+    card = ModelCard(name="x", grid=GRID)
+    with pytest.raises(ModelError, match="needs the onnxruntime-cuda or tensorrt backend"):
+        TorchBackend(ModelSource(path=path, label="com.onnx"), card, options={"device": "cuda"})
+
+
 @pytest.mark.skipif(READY, reason="checks the failure on a machine without a usable GPU")
 @pytest.mark.parametrize("module", ["onnxruntime_cuda", "tensorrt"])
 def test_cuda_backends_refuse_to_import_without_gpu(module):

@@ -39,6 +39,15 @@ class TorchBackend(Backend):
         options = dict(options or {})
         self.label = model.label or "module"
         self.device = str(options.get("device", "cuda"))
+        if model.data is not None or (model.path is not None and Path(model.path).suffix == ".onnx"):
+            # Reached as the last CUDA fallback for an ONNX model: say what would run it.
+            from .. import device as _device
+
+            why = "; ".join(f"{k}: {v}" for k, v in _device.cuda_backends().items()
+                            if k != "torch" and v)
+            raise ModelError(f"{self.label}: an ONNX model needs the onnxruntime-cuda or tensorrt "
+                             f"backend on CUDA, the torch backend runs PyTorch modules"
+                             f"{' (' + why + ')' if why else ''}")
         if self.device not in ("cpu", "cuda"):
             raise ModelError(f"torch backend: unknown device {self.device!r}; use 'cpu' or 'cuda'")
         if self.device == "cuda":
