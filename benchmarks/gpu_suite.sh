@@ -2,7 +2,7 @@
 # The GPU verification of regrisk in one command, on an NVIDIA GPU machine (H100 class):
 # build the package with the CUDA kernels, run the GPU tests (a skipped GPU test fails the run),
 # then the kernel and engine benchmarks. Prints everything and leaves, under $OUT (default
-# benchmarks/gpu_out/): suite.log, tests.log, gpu_kernels.{txt,json}, gpu_engine.{txt,json}
+# out/gpu_suite/): suite.log, tests.log, gpu_kernels.{txt,json}, gpu_engine.{txt,json}
 # and gpu_results.md (the figures, ready for the "## GPU" section of benchmarks/RESULTS.md).
 #
 #   bash benchmarks/gpu_suite.sh            # all stages
@@ -18,7 +18,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT_DIR="${OUT:-$ROOT/benchmarks/gpu_out}"
+OUT_DIR="${OUT:-$ROOT/out/gpu_suite}"  # out/ is git-ignored
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python}"
 SAMPLES="${SAMPLES:-50}"
