@@ -9,8 +9,10 @@
 
 #if defined(__CUDACC__)
 #define REGRISK_HD __host__ __device__ __forceinline__
+#define REGRISK_UNROLL _Pragma("unroll")
 #else
 #define REGRISK_HD inline
+#define REGRISK_UNROLL
 #endif
 
 namespace regrisk {
@@ -56,15 +58,15 @@ REGRISK_HD T sample_trilinear(const T* vol, Grid3 g, T z, T y, T x, Boundary mod
   const int64_t z0 = floor_index(z), y0 = floor_index(y), x0 = floor_index(x);
   const T fz = z - static_cast<T>(z0), fy = y - static_cast<T>(y0), fx = x - static_cast<T>(x0);
   T acc = T(0);
-#pragma unroll
+REGRISK_UNROLL
   for (int dz = 0; dz < 2; ++dz) {
     const int64_t zi = z0 + dz;
     const T wz = dz ? fz : T(1) - fz;
-#pragma unroll
+REGRISK_UNROLL
     for (int dy = 0; dy < 2; ++dy) {
       const int64_t yi = y0 + dy;
       const T wzy = wz * (dy ? fy : T(1) - fy);
-#pragma unroll
+REGRISK_UNROLL
       for (int dx = 0; dx < 2; ++dx) {
         const int64_t xi = x0 + dx;
         const T w = wzy * (dx ? fx : T(1) - fx);
