@@ -33,10 +33,12 @@ REGRISK_HD void bspline_locate(int64_t x, int64_t n, int64_t c, int64_t& first, 
   first = i - 1;
 }
 
+#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
 namespace cpu {
 
 // control (B, 3, cgrid) -> out (B, 3, grid); separable (three 4-tap passes).
 void bspline_field(const float* control, int64_t B, Grid3 cgrid, float* out, Grid3 grid, int threads);
 
 }  // namespace cpu
+#endif  // !__CUDACC__
 }  // namespace regrisk

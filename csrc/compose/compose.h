@@ -26,6 +26,7 @@ REGRISK_HD void compose_affine_voxel(const float* A, T z, T y, T x, T uz, T uy, 
        (static_cast<T>(A[10]) - T(1)) * px + static_cast<T>(A[11]) + ux;
 }
 
+#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
 namespace cpu {
 
 // disp (B, 3, grid), affine (Ba, 3, 4) with Ba 1 or B, out (B, 3, grid).
@@ -37,4 +38,5 @@ void compose_field(const float* disp, int64_t B, Grid3 grid, const float* field,
                    Grid3 fgrid, float* out, float fill, Boundary mode, int threads);
 
 }  // namespace cpu
+#endif  // !__CUDACC__
 }  // namespace regrisk

@@ -21,9 +21,9 @@ REGRISK_HD void affine_point(const float* A, T z, T y, T x, T& oz, T& oy, T& ox)
 }
 
 // Interior fast path of trilinear sampling, for points whose 8 corners all lie inside the
-// volume (0 <= coordinate < n - 1 on every axis): the weights from the fractional parts, formed
-// as in sample_trilinear (w = (wz * wy) * wx, corners z-major) ...
-// w[k * stride], k = 0..7 (stride 1 for a plain array of 8).
+// volume (0 <= coordinate < n - 1 on every axis), in two steps. First the 8 weights from the
+// fractional parts, formed as in sample_trilinear (w = (wz * wy) * wx, corners z-major), stored
+// at w[k * stride], k = 0..7 (stride 1 for a plain array of 8) ...
 template <typename T>
 REGRISK_HD void trilinear_weights(T fz, T fy, T fx, T* w, int stride = 1) {
   const T gz = T(1) - fz, gy = T(1) - fy, gx = T(1) - fx;
@@ -42,7 +42,6 @@ REGRISK_HD void trilinear_weights(T fz, T fy, T fx, T* w, int stride = 1) {
 // Pairwise: the 8 products are independent and the adds form a tree of depth 3 rather than a
 // chain of 8. It can differ from sample_trilinear's chained sum in the last bit (never with the
 // thread count); a zero weight adds an exact 0, so integer coordinates return voxel values exactly.
-// Weights at w[k * stride] as written by trilinear_weights.
 template <typename T>
 REGRISK_HD T trilinear_interior(const T* p, int64_t sy, int64_t sz, const T* w, int stride = 1) {
   const T a = w[0] * p[0] + w[stride] * p[1];
@@ -55,14 +54,15 @@ REGRISK_HD T trilinear_interior(const T* p, int64_t sy, int64_t sz, const T* w, 
 // Index of the input volume a batch item reads: one shared source (Bv == 1) or its own.
 REGRISK_HD int64_t broadcast_index(int64_t b, int64_t n) { return n == 1 ? 0 : b; }
 
+#if !defined(__CUDACC__)
+// Host-only declarations of the C++/OpenMP kernels. `threads` is the OpenMP team size (>= 1);
+// each output element is computed whole by one thread, so results do not depend on it.
 namespace cpu {
-// `threads`: OpenMP team size (>= 1); each output element is computed by one thread in a
-// fixed order, so results do not depend on it.
 
 // A hot CPU loop marked with this is also built for AVX2 and picked at load time (GCC/Clang
 // function multiversioning); "avx2" alone enables no FMA, so both builds round identically.
 // Used where it measured faster (the Welford update); the warp gathers did not gain overall.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define REGRISK_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define REGRISK_CPU_CLONES
@@ -99,4 +99,5 @@ void warp_affine(const float* volume, int64_t Bv, int64_t C, Grid3 in, const flo
                  int64_t B, Grid3 out_grid, float* out, float fill, Boundary mode, int threads);
 
 }  // namespace cpu
+#endif  // !__CUDACC__
 }  // namespace regrisk

@@ -92,6 +92,7 @@ REGRISK_HD Acc mapped_trace(const Acc s6[6], Acc scale, const Acc G[6]) {
   return t > Acc(0) ? t : Acc(0);
 }
 
+#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
 namespace cpu {
 
 // In place: mean (3, N), m2 (6, N) holding count_before samples absorb batch (B, 3, N).
@@ -109,4 +110,5 @@ void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, fl
 void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out, int threads);
 
 }  // namespace cpu
+#endif  // !__CUDACC__
 }  // namespace regrisk
