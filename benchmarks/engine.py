@@ -12,7 +12,8 @@ exported to ONNX at 128^3 with a dynamic batch axis. Both contenders run K pertu
   composed field, then ``torch.var`` over the stacked samples.
 
 Prints a table of stage times, the share of regrisk's wall time that is not inference, and the
-ratio baseline / regrisk. Run: ``nice -n 10 python benchmarks/engine.py [--size 128] [--samples 50]``.
+ratio baseline / regrisk. The two run alternately ``--repeat`` times (default 2) and each one's
+fastest run is reported, since a shared machine's load drifts during a run. Run: ``nice -n 10 python benchmarks/engine.py [--size 128] [--samples 50]``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2, help="alternating runs; best of each kept")
     args = ap.parse_args()
 
     import tempfile
@@ -189,9 +191,30 @@ def main() -> None:
     load0 = os.getloadavg()
     est = Estimator(path, threads=threads, batch=args.batch)
     est.estimate(source, target, samples=2, perturbation="translation", seed=1)  # warm-up
-    t0 = time.perf_counter()
-    res = est.estimate(source, target, samples=args.samples, perturbation=args.perturbation, seed=0)
-    wall = time.perf_counter() - t0
+    draws = perturbations.parse(args.perturbation).draw(
+        args.samples, (args.size,) * 3, source[1][:3, :3], np.random.default_rng(0))
+    S = (source[0] - source[0].min()) / (source[0].max() - source[0].min())
+    T = (target[0] - target[0].min()) / (target[0].max() - target[0].min())
+    if not args.skip_baseline:
+        with torch.inference_mode():
+            net(torch.from_numpy(S)[None, None], torch.from_numpy(T)[None, None])  # warm-up
+
+    # Alternate the contenders (the machine is shared: load drifts) and keep each one's best.
+    best, best_b = None, None
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        r = est.estimate(source, target, samples=args.samples, perturbation=args.perturbation, seed=0)
+        w = time.perf_counter() - t0
+        if best is None or w < best[0]:
+            best = (w, r)
+        if args.skip_baseline:
+            continue
+        t0 = time.perf_counter()
+        sb, btimes = baseline(torch, net, S, T, draws, np.diag(source[1])[:3])
+        wb = time.perf_counter() - t0
+        if best_b is None or wb < best_b[0]:
+            best_b = (wb, sb, btimes)
+    wall, res = best
     tm = res.timings
     inference = tm["inference"]
     other = wall - inference
@@ -213,16 +236,9 @@ def main() -> None:
 
     if args.skip_baseline:
         return
-    draws = perturbations.parse(args.perturbation).draw(
-        args.samples, (args.size,) * 3, source[1][:3, :3], np.random.default_rng(0))
-    S = (source[0] - source[0].min()) / (source[0].max() - source[0].min())
-    T = (target[0] - target[0].min()) / (target[0].max() - target[0].min())
-    with torch.inference_mode():
-        net(torch.from_numpy(S)[None, None], torch.from_numpy(T)[None, None])  # warm-up
-    t0 = time.perf_counter()
-    sigma_b, bt = baseline(torch, net, S, T, draws, np.diag(source[1])[:3])
-    wall_b = time.perf_counter() - t0
-    print(f"# load average after the baseline: {os.getloadavg()[0]:.1f}")
+    wall_b, sigma_b, bt = best_b
+    print(f"# load average at the end: {os.getloadavg()[0]:.1f}; best of {args.repeat} "
+          "alternating runs each")
     other_b = wall_b - bt["inference"]
     agree = np.abs(sigma_b - res.grid_uncertainty)
     print()
