@@ -22,9 +22,16 @@ inline float keep_if(float v, uint32_t mask) {
 
 }  // namespace
 
-void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z,
-                   const float* y, const float* x, int n, float* out, int64_t ostride,
-                   Boundary mode, float fill) {
+#if defined(__GNUC__) || defined(__clang__)
+#define REGRISK_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define REGRISK_ALWAYS_INLINE inline
+#endif
+
+// The body of sample_points, inlined into each of its builds below.
+REGRISK_ALWAYS_INLINE void sample_points_body(
+    const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z, const float* y,
+    const float* x, int n, float* out, int64_t ostride, Boundary mode, float fill) {
   const float dm = static_cast<float>(g.d - 1), hm = static_cast<float>(g.h - 1),
               wm = static_cast<float>(g.w - 1);
   int32_t iz[kChunk], iy[kChunk], ix[kChunk];
@@ -79,6 +86,24 @@ void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const 
         o[p] = inside[p] ? trilinear_interior(ch + off[p], sy, sz, &w[0][p], kChunk)
                          : sample_trilinear(ch, g, z[p], y[p], x[p], mode, fill);
     }
+  }
+}
+
+// One channel (every warp in the pipeline) also has an AVX2 build: it measured ~13% faster;
+// the three-channel path (compose) measured slower with it, so it stays on the default build.
+REGRISK_CPU_CLONES
+static void sample_points_1(const float* vol, Grid3 g, const float* z, const float* y,
+                            const float* x, int n, float* out, Boundary mode, float fill) {
+  sample_points_body(vol, 1, 0, g, z, y, x, n, out, 0, mode, fill);
+}
+
+void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z,
+                   const float* y, const float* x, int n, float* out, int64_t ostride,
+                   Boundary mode, float fill) {
+  if (C == 1) {
+    sample_points_1(vol, g, z, y, x, n, out, mode, fill);
+  } else {
+    sample_points_body(vol, C, cstride, g, z, y, x, n, out, ostride, mode, fill);
   }
 }
 
