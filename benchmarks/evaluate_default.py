@@ -55,24 +55,13 @@ def _git() -> str:
 
 
 def sample_pair() -> tuple[Path, Path]:
-    """The packaged sample brains (source, target)."""
-    data = ROOT / "python" / "regrisk" / "data"
+    """The packaged sample brains (source Colin27, target MNI152; see regrisk.demo)."""
     try:
-        from regrisk import data as pkg  # the default-model helper's accessor, when present
+        from regrisk.demo import SOURCE, TARGET, data_path
 
-        for name in ("sample_pair", "sample_paths", "paths"):
-            fn = getattr(pkg, name, None)
-            if callable(fn):
-                s, t = fn()[:2]
-                return Path(s), Path(t)
-    except Exception:
-        pass
-    files = sorted(p for p in data.glob("*.nii*"))
-    src = [p for p in files if "source" in p.name] or files[:1]
-    tgt = [p for p in files if "target" in p.name] or files[1:2]
-    if not src or not tgt:
-        sys.exit(f"no sample pair under {data}; pass --source and --target")
-    return src[0], tgt[0]
+        return data_path(SOURCE), data_path(TARGET)
+    except Exception as exc:  # no demo module or files: say so rather than guess
+        sys.exit(f"no packaged sample pair ({exc}); pass --source and --target")
 
 
 def _mean_sd(v: list[float]) -> tuple[float, float]:
@@ -277,8 +266,13 @@ def main(argv: list[str] | None = None) -> None:
 
         card = read_card(path)
         prov = card.provenance or {}
-        model_desc = (f"packaged `default` ({card.name}, grid {'x'.join(map(str, card.grid))}; "
-                      f"{card.description or ''} {prov.get('summary', '')})").replace("  ", " ")
+        train = prov.get("training", {}) or {}
+        model_desc = (f"packaged `default` = `{card.name}` (grid {'x'.join(map(str, card.grid))}, "
+                      f"{prov.get('architecture', 'architecture not stated')}; trained "
+                      f"{train.get('iterations', '?')} iterations in {train.get('wall_s', float('nan')) / 60:.0f} "
+                      f"min, last validation {train.get('last_validation')}; exported "
+                      f"{prov.get('exported_at', '?')}, checkpoint sha256 "
+                      f"{str(prov.get('checkpoint_sha256', '?'))[:12]})")
     t0 = time.perf_counter()
     say = lambda msg: print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)  # noqa: E731
     out = Path(args.out)
