@@ -75,7 +75,9 @@ class GridMap:
                             mode=self.fill_mode)
 
     def to_native(self, volume: Array, kernels: Any) -> Array:
-        """Model-grid (D,H,W) or (C,D,H,W) volume -> native grid (border clamp outside)."""
+        """Model-grid (D,H,W) or (C,D,H,W) volume -> native grid. Stretch covers the native
+        grid exactly (border clamp absorbs rounding); with reslice, native voxels outside the
+        model grid's field of view get 0 (the network never saw them)."""
         if self.is_identity:
             return volume.copy()
         return kernels.warp(volume, affine=self.pushforward, shape=self.native_shape,
