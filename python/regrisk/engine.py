@@ -82,6 +82,7 @@ class EstimateResult:
     grid_to_mm: np.ndarray            # (3, 3)
     intrinsic: np.ndarray | None = None      # nested design only: (D, H, W) mm
     bias_jitter: np.ndarray | None = None    # nested design only: (D, H, W) mm
+    family_uncertainty: dict[str, np.ndarray] = field(default_factory=dict)  # per_family only
 
     def save(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Write the NIfTI outputs and summary.json into ``out_dir`` atomically."""
@@ -106,6 +107,10 @@ class EstimateResult:
                 io.save_nifti(tmp / "bias_jitter.nii.gz", self.bias_jitter, aff,
                               description="regrisk bias jitter (mm)")
                 files += ["intrinsic.nii.gz", "bias_jitter.nii.gz"]
+            for fam, sigma in self.family_uncertainty.items():
+                io.save_nifti(tmp / f"uncertainty_{fam}.nii.gz", sigma, aff,
+                              description=f"regrisk sigma, {fam} samples only (mm)")
+                files.append(f"uncertainty_{fam}.nii.gz")
             self.timings["save"] = time.perf_counter() - t0
             summary = dict(self.summary, timings=dict(self.timings), files=files + ["summary.json"])
             io.write_json(tmp / "summary.json", summary)
@@ -400,13 +405,16 @@ class Estimator:
 
     def estimate(self, source: Any, target: Any, samples: int = 50,
                  perturbation: Any = "paper", seed: int | None = 0, sobol: bool = False,
-                 progress: bool = False, passes: int = 1) -> EstimateResult:
+                 progress: bool = False, passes: int = 1,
+                 per_family: bool = False) -> EstimateResult:
         """Per-voxel uncertainty of the network's prediction for ``source`` -> ``target``.
 
         samples: K perturbations (>= 2). perturbation: preset name, spec string or
         :class:`perturbations.Perturbation`. seed: NumPy Generator seed. sobol: quasi-random
         draws. passes: M stochastic passes per perturbation (nested design for stochastic
-        models: also returns the intrinsic and bias-jitter maps).
+        models: also returns the intrinsic and bias-jitter maps). per_family: also one sigma map
+        per perturbation family of a mixture (the paper reports one map per family), from the
+        same samples (each family's own K / n_families samples).
         """
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
             raise InputError(f"samples must be an integer >= 2 (a spread needs two), got {samples!r}")
@@ -435,14 +443,22 @@ class Estimator:
             outer = kernels.Welford(grid, like=S)
             intrinsic_sum = xp.zeros((6, *grid), dtype=xp.float32)
             inner: kernels.Welford | None = None
-        # Work list: perturbation k repeated `passes` times, consecutive. Affine samples go
-        # first and dense ones after, so micro-batches are homogeneous (no masked copies);
-        # the statistics do not depend on the order.
+        # Work list: perturbation k repeated `passes` times, consecutive. Samples are grouped
+        # by family, so micro-batches are homogeneous (all affine or all dense: no masked
+        # copies); the statistics do not depend on the order.
         dense_all = draws.dense
+        names = np.array(draws.families)
+        family_names = list(dict.fromkeys(draws.families))
         chunks = []
-        for group in (np.flatnonzero(~dense_all), np.flatnonzero(dense_all)):
-            work = np.repeat(group, passes)
+        for name in family_names:
+            work = np.repeat(np.flatnonzero(names == name), passes)
             chunks += [work[i:i + batch] for i in range(0, len(work), batch)]
+        fam_welford: dict[str, Any] = {}
+        if per_family and len(family_names) > 1:
+            if any(int((names == f).sum()) * passes < 2 for f in family_names):
+                raise InputError(f"per-family maps need >= 2 samples per family; "
+                                 f"{samples} samples over {len(family_names)} families is too few")
+            fam_welford = {f: kernels.Welford(grid, like=S) for f in family_names}
         T_batch: dict[int, Array] = {}
         S_vol = S[None]  # (1, D, H, W): one volume, B transforms broadcast in the kernel
         bar = None
@@ -469,6 +485,8 @@ class Estimator:
                     g = kernels.compose(u, field=fields) if dense else kernels.compose(u, affine=A)
                 with clock.stage("accumulate"):
                     welford.update(g)
+                    if fam_welford:
+                        fam_welford[draws.families[ks[0]]].update(g)
                     if nested:
                         for j in range(b):
                             if inner is None:
@@ -491,6 +509,7 @@ class Estimator:
             if nested:
                 intr_g = _trace_sigma(intrinsic_sum / np.float32(samples), M, xp)
                 jitter_g = outer.sigma(M)
+            fam_g = {f: w.sigma(M) for f, w in fam_welford.items()}
         with clock.stage("to_native"):
             sigma_n = tmap.to_native(sigma_g, kernels)
             axes_n = tmap.to_native(axes_g, kernels)
@@ -499,10 +518,12 @@ class Estimator:
             warped = kernels.warp(p["src_native"], disp_src, mode="fill")
             intr_n = tmap.to_native(xp.ascontiguousarray(intr_g), kernels) if nested else None
             jitter_n = tmap.to_native(jitter_g, kernels) if nested else None
+            fam_n = {f: _to_numpy(tmap.to_native(v, kernels)) for f, v in fam_g.items()}
         clock.times["total"] = time.perf_counter() - t_start
         timings = dict(clock.times)
         summary = self._summary(p, pert, samples, passes, seed, sobol, batch, timings,
                                 _to_numpy(sigma_g))
+        summary["parameters"]["per_family"] = sorted(fam_welford)
         return EstimateResult(
             uncertainty=_to_numpy(sigma_n), uncertainty_axes=_to_numpy(axes_n),
             displacement=_to_numpy(disp_mm), mean_displacement=_to_numpy(mean_mm),
@@ -510,7 +531,8 @@ class Estimator:
             summary=summary, grid_uncertainty=_to_numpy(sigma_g), grid_displacement=_to_numpy(u0),
             grid_mean=_to_numpy(mean_g), grid_to_mm=M.copy(),
             intrinsic=None if intr_n is None else _to_numpy(intr_n),
-            bias_jitter=None if jitter_n is None else _to_numpy(jitter_n))
+            bias_jitter=None if jitter_n is None else _to_numpy(jitter_n),
+            family_uncertainty=fam_n)
 
     def _summary(self, p: dict[str, Any], pert: perturbations.Perturbation, samples: int,
                  passes: int, seed: int | None, sobol: bool, batch: int,

@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
     p.add_argument("--passes", type=int, default=1,
                    help="stochastic passes per perturbation (nested design, stochastic models)")
+    p.add_argument("--per-family", action="store_true",
+                   help="also write uncertainty_<family>.nii.gz for each family of a mixture")
     p.add_argument("--batch", type=int, default=None, help="samples per network call")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                    memory_budget=args.memory_budget, backend=args.backend) as est:
         result = est.estimate(args.source, args.target, samples=args.samples,
                               perturbation=args.perturbation, seed=args.seed, sobol=args.sobol,
-                              progress=not args.quiet and sys.stderr.isatty(), passes=args.passes)
+                              progress=not args.quiet and sys.stderr.isatty(), passes=args.passes,
+                              per_family=args.per_family)
     result.save(args.out, overwrite=args.overwrite)
     t = result.timings
     total = t.get("total", 0.0)
