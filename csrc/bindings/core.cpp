@@ -286,6 +286,15 @@ py::dict build_info() {
 #endif
   if (!flags.empty()) flags.pop_back();
   d["flags"] = flags;
+  // Hot loops also built for AVX2 (REGRISK_CPU_CLONES) and whether this CPU runs that build.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  d["avx2_clones"] = true;
+  __builtin_cpu_init();
+  d["cpu_avx2"] = static_cast<bool>(__builtin_cpu_supports("avx2"));
+#else
+  d["avx2_clones"] = false;
+  d["cpu_avx2"] = false;
+#endif
   d["cplusplus"] = static_cast<long>(__cplusplus);
   return d;
 }
