@@ -393,7 +393,12 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict[str, Any]:
-    """How the native modules were built: openmp, cuda_module (regrisk._cuda present), compiler."""
+    """How the native modules were built.
+
+    Keys: openmp (bool), openmp_version, openmp_max_threads, compiler, flags (baseline ISA and
+    optimisation), avx2_clones (hot loops also built for AVX2), cpu_avx2 (this CPU runs them),
+    cplusplus, cuda_module (regrisk._cuda is present; says nothing about a usable GPU).
+    """
     info = dict(_core.build_info())
     info["cuda_module"] = importlib.util.find_spec("regrisk._cuda") is not None
     return info
