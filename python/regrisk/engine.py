@@ -546,7 +546,8 @@ class Estimator:
             "card": card.to_dict(),
             "parameters": {"samples": samples, "passes": passes, "perturbation": pert.describe(),
                            "seed": seed, "sobol": sobol, "batch": batch, "device": self.device,
-                           "threads": self.threads, "memory_budget": self.memory_budget},
+                           "threads": p["backend"].describe().get("threads", self.threads),
+                           "memory_budget": self.memory_budget},
             "seed": seed,
             "backend": p["backend"].describe(),
             "inputs": {
