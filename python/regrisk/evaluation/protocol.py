@@ -17,12 +17,13 @@ the agreement of K-sample maps with a K = 200 map (independent and Sobol draws).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,12 @@ def _region(image: np.ndarray, mask: np.ndarray | None, truth: groundtruth.Groun
 
 
 def build_cases(cfg: EvaluationConfig) -> list[Case]:
+    return list(iter_cases(cfg))
+
+
+def iter_cases(cfg: EvaluationConfig) -> Iterator[Case]:
+    """The cases one at a time (each holds a few full-size volumes); inputs are validated
+    before the first is yielded."""
     bases = {"source": ["source"], "target": ["target"], "both": ["source", "target"]}[cfg.base]
     from ..io import load_image
 
@@ -190,7 +197,6 @@ def build_cases(cfg: EvaluationConfig) -> list[Case]:
                                  f"(the mask must be on the grid of every base image; see --base)")
         if not mask.any():
             raise InputError("mask selects no voxels")
-    cases = []
     for ki, kind in enumerate(cfg.ground_truth):
         for r in range(cfg.repeats):
             for bi, b in enumerate(bases):
@@ -200,8 +206,7 @@ def build_cases(cfg: EvaluationConfig) -> list[Case]:
                 region = _region(img, mask, truth)
                 if region.sum() < 10:
                     raise InputError(f"{b} image: fewer than 10 voxels to score (mask/foreground empty?)")
-                cases.append(Case(kind, r, b, img, aff, truth.apply(img), truth, region, seed))
-    return cases
+                yield Case(kind, r, b, img, aff, truth.apply(img), truth, region, seed)
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -458,7 +463,8 @@ def evaluate(out: str | os.PathLike[str] | None = None, *, config: EvaluationCon
     t_start = time.perf_counter()
     tmp = _prepare_out(Path(out), cfg.overwrite) if out is not None else None
     try:
-        cases = build_cases(cfg)
+        cases = iter_cases(cfg)
+        first_case = next(cases)  # validates images and mask before the model is loaded
         est = _estimator(cfg.model, cfg)
         stochastic = _stochastic_estimator(cfg)
         plot_dir = None
@@ -468,11 +474,12 @@ def evaluate(out: str | os.PathLike[str] | None = None, *, config: EvaluationCon
         rows: list[dict[str, Any]] = []
         conv: list[dict[str, Any]] = []
         seen_kinds: set[str] = set()
-        for i, case in enumerate(cases):
+        total = len(cfg.ground_truth) * cfg.repeats * (2 if cfg.base == "both" else 1)
+        for i, case in enumerate(itertools.chain([first_case], cases)):
             first = case.kind not in seen_kinds
             seen_kinds.add(case.kind)
             want_plot = plot_dir if (cfg.plots == "all" or first) else None
-            say(f"case {i + 1}/{len(cases)}: {case.kind}, repeat {case.repeat}, base {case.base}")
+            say(f"case {i + 1}/{total}: {case.kind}, repeat {case.repeat}, base {case.base}")
             case_rows, _ = run_case(case, est, cfg, stochastic, want_plot)
             rows.extend(case_rows)
             if cfg.convergence and first:
