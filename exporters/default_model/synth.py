@@ -7,8 +7,10 @@ One pair:
 2. a ground-truth displacement u_gt on the target grid: a small random affine plus a smooth
    stationary velocity field integrated by scaling and squaring (diffeomorphic);
 3. target labels = source labels pulled back through u_gt: T_lab(x) = S_lab(x + u_gt(x));
-4. each image rendered independently from its labels: random mean and noise per label, blur,
-   multiplicative bias field, gamma, min-max to [0, 1] (so the network is contrast-agnostic);
+4. each image rendered from its labels: random mean and noise per label (shared by both images
+   with probability ``p_same_contrast``, else drawn independently, as SynthMorph does, so the
+   network learns to ignore contrast), then blur, multiplicative bias field, gamma and min-max
+   to [0, 1], each drawn per image;
    with probability ``p_real`` the template's real T1 is used as the source image instead (and
    warped into the target), so the network also sees real MRI texture.
 
@@ -103,6 +105,7 @@ class SynthConfig:
     grid: tuple[int, int, int] = (80, 96, 80)
     p_template: float = 0.5        # label map from a real template (else random shapes)
     p_real: float = 0.25           # of template maps: use the real T1 as source image
+    p_same_contrast: float = 0.7   # render both images with the same intensity per label
     max_labels: int = 24
     velocity_std: float = 3.0      # voxels, before integration
     affine_scale: float = 0.08     # |log scale| bound per axis
@@ -184,6 +187,13 @@ class Synth:
     def template_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         k = int(torch.randint(len(self.templates), (), generator=self.g))
         img, lab = self.templates[k]
+        # a random crop when training on a grid smaller than the templates'
+        corner = [int(torch.randint(0, n - m + 1, (), generator=self.g)) if n > m else 0
+                  for n, m in zip(lab.shape, self.cfg.grid)]
+        sl = tuple(slice(c0, c0 + m) for c0, m in zip(corner, self.cfg.grid))
+        img, lab = img[sl], lab[sl]
+        if tuple(lab.shape) != tuple(self.cfg.grid):
+            raise ValueError(f"templates {tuple(lab.shape)} smaller than the grid {self.cfg.grid}")
         # random sub-parcels per tissue: label = tissue * P + parcel
         parts = int(torch.randint(1, 5, (), generator=self.g))
         if parts > 1:
@@ -195,13 +205,16 @@ class Synth:
         img = warp(img[None, None], u, padding="zeros")
         return lab, img
 
-    def render(self, labels: torch.Tensor, dark_background: bool) -> torch.Tensor:
-        c = self.cfg
-        n = int(labels.max()) + 1
+    def contrast(self, n: int, dark_background: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random mean and noise level per label."""
         means = torch.rand(n, generator=self.g).to(self.device)
-        stds = (_uniform(self.g, 0.0, c.noise_max, (n,))).to(self.device)
+        stds = (_uniform(self.g, 0.0, self.cfg.noise_max, (n,))).to(self.device)
         if dark_background:
             means[0] = 0.0
+        return means, stds
+
+    def render(self, labels: torch.Tensor, contrast: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        means, stds = contrast
         img = means[labels] + stds[labels] * torch.randn(labels.shape, generator=self.g).to(self.device)
         return self.corrupt(img[:, None])
 
@@ -237,8 +250,13 @@ class Synth:
             source = self.corrupt(real_img)
             target = self.corrupt(warp(real_img, u_gt, padding="zeros"))
         else:
-            source = self.render(src_lab, dark)
-            target = self.render(tgt_lab, dark)
+            # mostly one contrast for both (the T1 -> T1 use); sometimes independent contrasts
+            # (SynthMorph's contrast-agnostic training)
+            n = int(max(src_lab.max(), tgt_lab.max())) + 1
+            look = self.contrast(n, dark)
+            same = float(torch.rand((), generator=self.g)) < c.p_same_contrast
+            source = self.render(src_lab, look)
+            target = self.render(tgt_lab, look if same else self.contrast(n, dark))
         return Pair(source, target, src_lab, tgt_lab, u_gt)
 
 

@@ -73,10 +73,9 @@ def overview_png(path: str | os.PathLike[str], target: np.ndarray, source: np.nd
     for row, (t, s, w, u) in enumerate(zip(_slices(target, centre), _slices(source, centre),
                                            _slices(warped, centre), _slices(shown, centre))):
         lim = dict(vmin=float(np.percentile(target, 1)), vmax=float(np.percentile(target, 99.5)))
-        for col, img in enumerate((t, s, w)):
-            axes[row, col].imshow(img, **gray,
-                                  **(lim if col != 1 else dict(vmin=float(np.percentile(source, 1)),
-                                                               vmax=float(np.percentile(source, 99.5)))))
+        slim = dict(vmin=float(np.percentile(source, 1)), vmax=float(np.percentile(source, 99.5)))
+        for col, img in enumerate((t, s, w)):  # the warped source keeps the source's scale
+            axes[row, col].imshow(img, **gray, **(lim if col == 0 else slim))
         axes[row, 3].imshow(t, **gray, **lim)
         heat = axes[row, 3].imshow(u, cmap="inferno", origin="lower", vmin=0.0, vmax=vmax,
                                    alpha=0.75, interpolation="nearest")
