@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import os
 import re
@@ -250,6 +251,10 @@ def export_module(
         except Exception as exc:
             raise ExportError(f"{out}: onnx.checker rejected the graph ({_one_line(exc)})") from None
         _check_io(tmp, input_names, card.output.name, out)
+        # The traced copy and the in-memory graph are no longer needed: free them before the
+        # parity run holds PyTorch's and ONNX Runtime's activations (GBs at 175^3).
+        del program, traced
+        gc.collect()
 
         parity = _parity(tmp, reference, input_names, input_channels, card.grid, batch_sizes,
                          tolerance, seed)
