@@ -84,7 +84,7 @@ def make_card(grid: Sequence[int], form: str, steps: int, resample: str = "stret
                         channel_order="ijk", channel_axis="first")
         what = "displacement in voxels on the target grid (integration in the graph)"
     else:
-        output = Output(name="velocity", kind="velocity", units="voxel", channel_order="ijk",
+        output = Output(name="velocity", kind="velocity", units="voxel", channel_order="ijk", padding="zeros",
                         channel_axis="first", steps=int(steps))
         what = (f"stationary velocity in voxels; the engine integrates it ({steps} squarings, "
                 "zeros outside the grid)")

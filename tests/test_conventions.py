@@ -91,26 +91,30 @@ def test_concat_layout_with_either_order(tmp_path):
         np.testing.assert_allclose(pred.grid_displacement[:, 0, 0, 0], com(S) - com(T), atol=5e-4)
 
 
-def _ss_reference(v: np.ndarray, steps: int) -> np.ndarray:
-    """Scaling and squaring with scipy: u <- u + u(x + u), border clamping."""
+def _ss_reference(v: np.ndarray, steps: int, mode: str) -> np.ndarray:
+    """Scaling and squaring with scipy: u <- u + u(x + u); ``mode`` is scipy's boundary."""
     u = v.astype(np.float64) / 2 ** steps
     g = coords(v.shape[1:]).astype(np.float64)
     for _ in range(steps):
         pts = g + u
-        u = u + np.stack([map_coordinates(u[c], pts, order=1, mode="nearest") for c in range(3)])
+        u = u + np.stack([map_coordinates(u[c], pts, order=1, mode=mode) for c in range(3)])
     return u
 
 
-def test_velocity_integration_matches_scipy_scaling_and_squaring():
+@pytest.mark.parametrize("padding, scipy_mode", [("zeros", "grid-constant"), ("border", "nearest")])
+def test_velocity_integration_matches_scipy_scaling_and_squaring(padding, scipy_mode):
     rng = np.random.default_rng(1)
     lowres = rng.normal(size=(3, 3, 3, 3)) * 1.5
     from scipy.ndimage import zoom
 
     v = np.stack([zoom(lowres[c], np.array(GRID) / 3, order=3) for c in range(3)]).astype(np.float32)
-    out = Output(name="v", kind="velocity", steps=5)
+    out = Output(name="v", kind="velocity", steps=5, padding=padding)
     got = conventions.to_canonical(v[None], out, GRID)[0]
-    np.testing.assert_allclose(got, _ss_reference(v, 5), atol=1e-3)
-    # a constant velocity integrates to itself
+    np.testing.assert_allclose(got, _ss_reference(v, 5, scipy_mode), atol=1e-3)
+
+
+def test_constant_velocity_integrates_to_itself_with_border_padding():
+    out = Output(name="v", kind="velocity", steps=5, padding="border")
     c = np.broadcast_to(np.array([0.7, -0.3, 1.1], np.float32)[:, None, None, None], (3, *GRID))
     np.testing.assert_allclose(conventions.to_canonical(np.ascontiguousarray(c)[None], out, GRID)[0], c, atol=1e-5)
 

@@ -111,6 +111,13 @@ def test_staged_integrated_by_compose_equals_monolithic(vxm_models, rng) -> None
     for _ in range(5):
         u = kernels.compose(u, field=u, mode="fill", fill=0.0)
     assert np.abs(u - disp).max() <= 1e-4 * np.abs(disp).max()
+    # the engine's boundary conversion, driven by the exported card, does the same
+    from regrisk import conventions
+    from regrisk.card import read_card
+
+    card = read_card(vxm_models["staged"])
+    canon = conventions.to_canonical(vel, card.output, card.grid)
+    assert np.abs(canon - disp).max() <= 1e-4 * np.abs(disp).max()
 
 
 def test_estimate_runs_on_exported_voxelmorph(vxm_models, rng, tmp_path) -> None:

@@ -49,7 +49,9 @@ class Output:
 
     kind: ``displacement`` u with phi(x) = x + u(x), ``map`` phi(x) itself, or ``velocity`` a
     stationary velocity field v that the engine integrates by scaling and squaring
-    (u = exp(v), ``steps`` squarings, done by regrisk's compose kernel, not in the graph).
+    (u = exp(v), ``steps`` squarings, done by regrisk's compose kernel, not in the graph);
+    ``padding`` is how that integration samples outside the grid: ``zeros`` as VoxelMorph's
+    integration layer (torch grid_sample's default) or ``border``.
     units: ``voxel`` (array indices), ``unit`` ([0, 1] per axis, align-corners: uniGradICON),
     ``normalized`` ([-1, 1] as torch ``grid_sample``, with ``align_corners``).
     channel_order: ``ijk`` (channel c along array axis c) or ``xyz`` (reversed, torch grids).
@@ -63,6 +65,7 @@ class Output:
     channel_order: str = "ijk"
     channel_axis: str = "first"
     steps: int = 7
+    padding: str = "zeros"
 
 
 @dataclass
@@ -127,6 +130,7 @@ class ModelCard:
         _choice(self.output.channel_axis, _CHANNEL_AXES, "output.channel_axis")
         _check(isinstance(self.output.steps, int) and 0 <= self.output.steps <= 16,
                "output.steps", "an integer in [0, 16] (scaling-and-squaring steps)")
+        _choice(self.output.padding, ("zeros", "border"), "output.padding")
         _check(isinstance(self.output.align_corners, bool), "output.align_corners", "true or false")
         _choice(self.batch, _BATCH, "batch")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")

@@ -104,7 +104,7 @@ def to_canonical(raw: Array, out: Output, grid: tuple[int, int, int]) -> Array:
         if out.units != "voxel":
             a /= _per_channel(scale, xp)
         if out.kind == "velocity":
-            a = integrate_velocity(a, out.steps)
+            a = integrate_velocity(a, out.steps, out.padding)
     return a
 
 
@@ -127,14 +127,16 @@ def from_canonical(u: Array, out: Output, grid: tuple[int, int, int]) -> Array:
     return xp.ascontiguousarray(a)
 
 
-def integrate_velocity(v: Array, steps: int) -> Array:
+def integrate_velocity(v: Array, steps: int, padding: str = "zeros") -> Array:
     """exp(v) by scaling and squaring: u = v / 2^steps, then ``steps`` times u <- u o u,
-    i.e. u(x) + u(x + u(x)) (the compose kernel, border mode)."""
+    i.e. u(x) + u(x + u(x)) (the compose kernel). ``padding`` must match how the network was
+    trained: "zeros" (VoxelMorph's integration layer) or "border"."""
     from . import kernels
 
+    mode = "fill" if padding == "zeros" else "border"
     u = v / np.float32(2.0 ** steps)
     for _ in range(steps):
-        u = kernels.compose(u, field=u)
+        u = kernels.compose(u, field=u, mode=mode, fill=0.0)
     return u
 
 
