@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channel-order", choices=("ijk", "xyz"))
     p.add_argument("--channel-axis", choices=("first", "last"))
     p.add_argument("--steps", type=int, help="scaling-and-squaring steps (velocity)")
+    p.add_argument("--padding", choices=("zeros", "border"),
+                   help="how velocity integration samples outside the grid")
     p.add_argument("--batch", choices=("dynamic", "fixed"))
     p.add_argument("--batch-size", type=int)
     p.add_argument("--preprocess", choices=("none", "minmax", "percentile"))
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         ("output", "units"): args.units, ("output", "align_corners"): args.align_corners,
         ("output", "channel_order"): args.channel_order,
         ("output", "channel_axis"): args.channel_axis, ("output", "steps"): args.steps,
+        ("output", "padding"): args.padding,
         ("batch",): args.batch, ("batch_size",): args.batch_size,
         ("preprocess", "method"): args.preprocess, ("preprocess", "low"): args.low,
         ("preprocess", "high"): args.high, ("resample", "method"): args.resample,
