@@ -30,9 +30,10 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from default_model import templates  # type: ignore[no-redef]
+    from default_model import network  # type: ignore[no-redef]
     from default_model.synth import Synth, hard_dice  # type: ignore[no-redef]
 else:
-    from . import templates
+    from . import network, templates
     from .synth import Synth, hard_dice
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +76,8 @@ def synthetic_pairs(n: int):
                p.target_labels[0].numpy(), p.displacement[0].numpy())
 
 
-def evaluate_synthetic(pairs, sess, estimator=None, samples: int = 50, mc=None) -> dict:
+def evaluate_synthetic(pairs, sess, estimator=None, samples: int = 50, mc=None,
+                       uncertainty_pairs: int = 1 << 30) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     rows = []
@@ -88,7 +90,7 @@ def evaluate_synthetic(pairs, sess, estimator=None, samples: int = 50, mc=None) 
                "gt_mean_vox": float(np.linalg.norm(u_gt, axis=0).mean())}
         roi = lt != 0
         for tag, est, pert in (("paper", estimator, "paper"), ("mc_dropout", mc, "none")):
-            if est is None:
+            if est is None or i >= uncertainty_pairs:
                 continue
             t0 = time.perf_counter()
             res = est.estimate((s, aff), (t, aff), samples=samples, perturbation=pert, seed=i)
@@ -103,11 +105,41 @@ def evaluate_synthetic(pairs, sess, estimator=None, samples: int = 50, mc=None) 
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
               flush=True)
     keys = [k for k in rows[0] if k != "pair"]
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    summary |= {f"{k}_sd": float(np.std([r[k] for r in rows])) for k in keys}
+    summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    summary |= {f"{k}_sd": float(np.std([r[k] for r in rows if k in r])) for k in keys}
+    summary["uncertainty_pairs"] = min(len(rows), uncertainty_pairs) if estimator else 0
     summary["epe_mm"] = summary["epe_vox"] * templates.SPACING
     summary["pairs"] = len(rows)
     return {"summary": summary, "per_pair": rows}
+
+
+def ablation(checkpoint: Path, n: int) -> dict:
+    """Dice / EPE on the same held-out pairs for the parts of the model (PyTorch, eval mode):
+    the U-Net alone (no refinement) and the refinement alone (U-Net output zeroed)."""
+    import torch
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    out = {}
+    for tag in ("unet_only", "refine_only"):
+        net = network.build(ck["config"])
+        net.load_state_dict(ck["model"])
+        net.eval()
+        if tag == "unet_only":
+            net.refine = None
+        else:
+            torch.nn.init.zeros_(net.flow.weight)
+            torch.nn.init.zeros_(net.flow.bias)
+        before, after, epe = [], [], []
+        for s, t, ls, lt, u_gt in synthetic_pairs(n):
+            with torch.no_grad():
+                u = net(torch.from_numpy(s)[None, None], torch.from_numpy(t)[None, None])[0].numpy()
+            before.append(hard_dice(ls, lt))
+            after.append(hard_dice(warp_labels(ls, u), lt))
+            epe.append(float(np.linalg.norm(u - u_gt, axis=0).mean()))
+        out[tag] = {"dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
+                    "epe_vox": float(np.mean(epe))}
+        print(tag, json.dumps(out[tag]), flush=True)
+    return out
 
 
 def evaluate_real(sess) -> dict:
@@ -133,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--samples", type=int, default=50, help="K for the uncertainty (0: skip)")
     ap.add_argument("--mc-dropout", action="store_true")
+    ap.add_argument("--uncertainty-pairs", type=int, default=10,
+                    help="how many of the pairs also get the (slower) uncertainty estimate")
     ap.add_argument("--json", type=Path, default=HERE / "evaluation.json")
+    ap.add_argument("--ablation", type=Path, default=None,
+                    help="training checkpoint: also score the U-Net alone and the refinement alone")
     args = ap.parse_args(argv)
 
     sess = session(args.model)
@@ -147,14 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         est = Estimator(str(args.model), threads=2)
         if args.mc_dropout:
             mc = Estimator(str(args.stochastic_model), threads=2)
-    synth = evaluate_synthetic(synthetic_pairs(args.pairs), sess, est, args.samples, mc)
-    report = {"model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+    synth = evaluate_synthetic(synthetic_pairs(args.pairs), sess, est, args.samples, mc,
+                               args.uncertainty_pairs)
+    parts = ablation(args.ablation, args.pairs) if args.ablation else None
+    report = {"ablation": parts, "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
               "eval_seed": EVAL_SEED, "samples": args.samples, "real_pair": real,
               "synthetic": synth["summary"], "per_pair": synth["per_pair"],
               "seconds": round(time.time() - t0, 1)}
     args.json.write_text(json.dumps(report, indent=1))
     s = synth["summary"]
-    print(f"synthetic ({s['pairs']} pairs): Dice {s['dice_before']:.3f} -> {s['dice_after']:.3f}, "
+    print(f"synthetic ({s['pairs']} pairs, uncertainty on {s['uncertainty_pairs']}): Dice {s['dice_before']:.3f} -> {s['dice_after']:.3f}, "
           f"EPE {s['epe_vox']:.2f} vox ({s['epe_mm']:.2f} mm), ground truth mean "
           f"{s['gt_mean_vox']:.2f} vox")
     if "paper_spearman" in s:

@@ -38,7 +38,7 @@ else:
 HERE = Path(__file__).resolve().parent
 DEFAULT_CKPT = HERE / "run" / "checkpoint.pt"
 DEFAULT_OUT = HERE.parents[1] / "python" / "regrisk" / "models"
-OPSET = 17
+OPSET = 20  # the first opset with 5-D GridSample (the demons refinement warps)
 TOLERANCE = 1e-4
 PINNED_DRAW = 0.5  # >= dropout p: keeps every channel, scaled by 1 / (1 - p)
 
@@ -76,7 +76,8 @@ def _export_graph(net: torch.nn.Module, path: Path) -> None:
     with torch.no_grad():
         torch.onnx.export(net, example, str(path), input_names=["source", "target"],
                           output_names=["displacement"], opset_version=OPSET,
-                          dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+                          dynamic_axes=axes, dynamo=False,
+                          do_constant_folding=False)  # folding copies the identity grids per use
 
 
 def _session(path_or_bytes, threads: int = 2):

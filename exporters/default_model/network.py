@@ -13,6 +13,10 @@ Runtime):
   (difference, gradient, optical-flow force and its normalised form; ``demons_features``) at
   full resolution, 1/2, 1/4 and 1/8: with a CPU budget of a few thousand training iterations
   a plain U-Net on (S, T) never left the identity map, with these it learns from the start;
+- after the U-Net, ``DemonsRefine``: unrolled demons iterations (warp, force, Gaussian
+  smoothing) at 1/4 and 1/2 resolution that start from the U-Net's field, with learned step
+  sizes; trained end to end with the U-Net. This is what makes the small, briefly trained
+  network register reliably; the evaluation reports the U-Net alone beside the whole model;
 - channel dropout in the bottleneck and decoder: inactive in the deterministic graph, sampled
   in the stochastic one (``McDropout`` draws its mask with ``torch.rand_like`` so that the ONNX
   export carries a RandomUniformLike node that samples at every run).
@@ -81,15 +85,108 @@ def demons_features(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([s, t, d, g, force, force / norm], dim=1)
 
 
+def _gauss_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, int(round(2.0 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _smooth(u: torch.Tensor, kernels: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Separable Gaussian of a (B, 3, D, H, W) field, replicate borders; ``kernels`` are the
+    three (3, 1, ...) depthwise kernels along i, j, k."""
+    r = (kernels[0].shape[2] - 1) // 2
+    u = F.conv3d(F.pad(u, (0, 0, 0, 0, r, r), mode="replicate"), kernels[0], groups=3)
+    u = F.conv3d(F.pad(u, (0, 0, r, r, 0, 0), mode="replicate"), kernels[1], groups=3)
+    u = F.conv3d(F.pad(u, (r, r, 0, 0, 0, 0), mode="replicate"), kernels[2], groups=3)
+    return u
+
+
+def _base_grid(shape, device) -> torch.Tensor:
+    """(1, D, H, W, 3) identity in grid_sample's normalised (x, y, z) order, align-corners."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+
+
+def _warp(vol: torch.Tensor, u: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """vol(x + u(x)) for (B, 1, D, H, W) and voxel displacement (B, 3, D, H, W), border."""
+    shape = u.shape[2:]
+    scale = torch.tensor([2.0 / (int(n) - 1) for n in shape][::-1], device=u.device)
+    grid = base + u.flip(1).permute(0, 2, 3, 4, 1) * scale
+    return F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class DemonsRefine(nn.Module):
+    """Unrolled diffeomorphic-demons-like refinement with learned step sizes.
+
+    At each pyramid level (default 1/8, 1/4, then 1/2 resolution) ``steps`` iterations of: warp the source
+    by the current field, demons update d * g / (|g|^2 + alpha d^2 + eps) with g the mean of
+    both gradients (ESM), scaled by a learned step ``tau``, then Gaussian smoothing of the
+    field (diffusion regularisation). tau and alpha are learned per level (softplus).
+    """
+
+    def __init__(self, levels: tuple[int, ...] = (8, 4, 2), steps: int = 20, sigma: float = 2.0,
+                 grid: tuple[int, int, int] = (80, 96, 80)) -> None:
+        super().__init__()
+        # identity grids of the model grid's levels as buffers: the ONNX graph then stores each
+        # once (a traced constant would be copied into every iteration that uses it)
+        self.bases = [f"base_{f}" for f in levels]
+        for f, name in zip(levels, self.bases):
+            self.register_buffer(name, _base_grid([n // f for n in grid], None), persistent=False)
+        self.levels = tuple(levels)
+        self.steps = int(steps)
+        k = _gauss_kernel(sigma)
+        n = k.numel()
+        # fixed-shape depthwise kernels (buffers, not weights: not in the state dict)
+        self.register_buffer("k_i", k.view(1, 1, n, 1, 1).repeat(3, 1, 1, 1, 1), persistent=False)
+        self.register_buffer("k_j", k.view(1, 1, 1, n, 1).repeat(3, 1, 1, 1, 1), persistent=False)
+        self.register_buffer("k_k", k.view(1, 1, 1, 1, n).repeat(3, 1, 1, 1, 1), persistent=False)
+        n = len(self.levels)
+        self.tau = nn.Parameter(torch.full((n,), 0.5413))    # softplus -> 1.0
+        self.alpha = nn.Parameter(torch.full((n,), 0.5413))  # softplus -> 1.0
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+        """``half``: initial field at 1/2 resolution in full-resolution voxels; returns the
+        refined field at 1/2 resolution in full-resolution voxels."""
+        u = None
+        for li, f in enumerate(self.levels):
+            s = F.avg_pool3d(source, f)
+            t = F.avg_pool3d(target, f)
+            if u is None:  # from the network's field
+                u = F.avg_pool3d(half, f // 2) / f if f > 2 else half / f
+            else:          # from the coarser level
+                u = 2.0 * F.interpolate(u, scale_factor=2.0, mode="trilinear", align_corners=False)
+            tau = F.softplus(self.tau[li])
+            alpha = F.softplus(self.alpha[li])
+            gt = _grad(t)
+            base = getattr(self, self.bases[li])
+            if tuple(base.shape[1:4]) != tuple(t.shape[2:]):  # training crops
+                base = _base_grid(t.shape[2:], t.device)
+            # tie the grid to the input once per level: a traced constant is otherwise copied
+            # into the ONNX graph at every one of its uses
+            base = base + 0.0 * t[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1)
+            for _ in range(self.steps):
+                sw = _warp(s, u, base)
+                d = sw - t
+                g = 0.5 * (gt + _grad(sw))
+                denom = (g * g).sum(dim=1, keepdim=True) + alpha * d * d + 1e-4
+                u = _smooth(u - tau * d * g / denom, (self.k_i, self.k_j, self.k_k))
+        return u * float(self.levels[-1])
+
+
 class RegNet(nn.Module):
     """U-Net registration network; see the module docstring for the contract."""
 
     def __init__(self, full: int = 8, enc: tuple[int, ...] = (16, 32, 32, 32),
                  dec: tuple[int, ...] = (32, 32, 32), head: int = 16,
-                 dropout: float = 0.1, flow_init: float = 1e-5) -> None:
+                 dropout: float = 0.1, flow_init: float = 1e-5, refine_steps: int = 20,
+                 refine_levels: tuple[int, ...] = (8, 4, 2), refine_sigma: float = 2.0) -> None:
         super().__init__()
         self.config = {"full": full, "enc": list(enc), "dec": list(dec), "head": head,
-                       "dropout": dropout, "flow_init": flow_init}
+                       "dropout": dropout, "flow_init": flow_init, "refine_steps": refine_steps,
+                       "refine_levels": list(refine_levels), "refine_sigma": refine_sigma}
+        self.refine = (DemonsRefine(tuple(refine_levels), refine_steps, refine_sigma)
+                       if refine_steps > 0 else None)
         # Encoder: full resolution, then 1/2 ... 1/16. Levels 1/2, 1/4 and 1/8 also receive
         # the demons features of the images average-pooled to that level.
         self.stem = ConvBlock(NF, full)
@@ -147,7 +244,10 @@ class RegNet(nn.Module):
             x = layer(torch.cat([x, skips[-1 - i]], dim=1))
             x = self.drop[i + 1](x)
         x = self.head(x)
-        return self.flow(x)
+        half = self.flow(x)
+        if self.refine is not None:
+            half = self.refine(source, target, half)
+        return half
 
 
 def build(config: dict | None = None) -> RegNet:

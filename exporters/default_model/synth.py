@@ -103,15 +103,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 @dataclass
 class SynthConfig:
     grid: tuple[int, int, int] = (80, 96, 80)
-    p_template: float = 0.5        # label map from a real template (else random shapes)
-    p_real: float = 0.25           # of template maps: use the real T1 as source image
-    p_same_contrast: float = 0.7   # render both images with the same intensity per label
+    p_template: float = 0.7        # label map from a real template (else random shapes)
+    p_real: float = 0.5           # of template maps: use the real T1 as source image
+    p_same_contrast: float = 1.0   # render both images with the same intensity per label
     max_labels: int = 24
-    velocity_std: float = 3.0      # voxels, before integration
-    affine_scale: float = 0.08     # |log scale| bound per axis
-    affine_rot: float = 6.0        # degrees per axis
+    velocity_std: float = 2.0      # voxels, before integration
+    affine_scale: float = 0.06     # |log scale| bound per axis
+    affine_rot: float = 3.0        # degrees per axis
     affine_shear: float = 0.04
-    affine_shift: float = 3.0      # voxels
+    affine_shift: float = 2.0      # voxels
+    centre_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)  # voxels, see random_affine_disp
     noise_max: float = 0.08
     blur_max: float = 1.2          # voxels
     bias_max: float = 0.35
@@ -164,7 +165,10 @@ class Synth:
         a = rot @ scale @ shear
         shift = _uniform(self.g, -c.affine_shift, c.affine_shift, (3,))
         x = identity_grid(self.cfg.grid).reshape(3, -1)
-        ctr = torch.tensor([(n - 1) / 2 for n in self.cfg.grid]).view(3, 1)
+        # about a random centre within +- centre_jitter voxels of the grid centre: a crop of a
+        # larger grid then sees the displacements the full grid would have there
+        jit = _uniform(self.g, -1.0, 1.0, (3,)) * torch.tensor(c.centre_jitter, dtype=torch.float32)
+        ctr = (torch.tensor([(n - 1) / 2 for n in self.cfg.grid]) + jit).view(3, 1)
         y = a @ (x - ctr) + ctr + shift.view(3, 1)
         return (y - x).reshape(1, 3, *self.cfg.grid).to(self.device)
 

@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow-init", type=float, default=1e-2,
                     help="std of the last layer's initial weights (1e-5 in VoxelMorph; larger "
                     "leaves the identity plateau sooner)")
+    ap.add_argument("--refine-steps", type=int, default=20,
+                    help="unrolled demons iterations per pyramid level after the U-Net (0: none)")
     ap.add_argument("--batch", type=int, default=2, help="pairs per iteration")
     ap.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     ap.add_argument("--every", type=int, default=100, help="checkpoint interval")
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = args.out / "checkpoint.pt"
 
     torch.manual_seed(args.seed)
-    net = network.build({"flow_init": args.flow_init}).to(device)
+    net = network.build({"flow_init": args.flow_init, "refine_steps": args.refine_steps}).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     start, log, val, wall = 0, [], [], 0.0
     if args.resume and ckpt_path.exists():
@@ -201,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed at iteration {start} ({wall:.0f} s trained so far)", flush=True)
 
     crop = tuple(args.crop)
-    gen = synth.Synth(args.seed, synth.SynthConfig(grid=crop), device=device)
+    # affine centres jittered so that crops see the full model grid's displacement statistics
+    jitter = tuple(max(0.0, (n - m) / 2.0) for n, m in zip(synth.SynthConfig().grid, crop))
+    gen = synth.Synth(args.seed, synth.SynthConfig(grid=crop, centre_jitter=jitter), device=device)
     valgen = synth.Synth(VAL_SEED, device=device)  # the full model grid
     net.train()
     t_session = time.time()
