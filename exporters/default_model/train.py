@@ -253,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             wall += time.time() - t0
             val.append(v)
             print(f"val {v}", flush=True)
+            if v["dice_after"] >= max(x["dice_after"] for x in val):
+                # keep the best held-out checkpoint too (validation pairs are never trained on)
+                atomic_save({"model": net.state_dict(), "iter": it + 1, "log": log, "val": val,
+                             "wall_s": wall, "config": net.config,
+                             "args": vars(args) | {"out": str(args.out)},
+                             "hardware": hardware(device), "optim": opt.state_dict()},
+                            args.out / "best.pt")
         if (it + 1) % args.every == 0:
             checkpoint(it + 1)
         if args.time_limit and time.time() - t_session > args.time_limit:
