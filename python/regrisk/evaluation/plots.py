@@ -101,7 +101,7 @@ def convergence(table: list[dict], path: str | Path, *, title: str) -> Path:
                 marker="o", label=draws)
     ax.set_xscale("log")
     ax.set_xlabel("samples K (network passes)")
-    ax.set_ylabel("Spearman rho with the K = 200 map")
+    ax.set_ylabel("Spearman rho with the reference map")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
