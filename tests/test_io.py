@@ -119,3 +119,18 @@ def test_output_folder_is_atomic(tmp_path):
         io.check_output(tmp_path / "file", overwrite=True)
     with pytest.raises(OutputError, match="parent folder"):
         io.check_output(tmp_path / "no" / "such" / "dir", overwrite=False)
+
+
+def test_output_folder_has_the_permissions_of_a_plain_mkdir(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with io.OutputFolder(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("1")
+        os.mkdir(tmp_path / "plain")
+        mode = stat.S_IMODE((tmp_path / "out").stat().st_mode)
+        assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
+    finally:
+        os.umask(umask)

@@ -138,6 +138,10 @@ class OutputFolder:
     def __enter__(self) -> Path:
         parent = self.out.absolute().parent
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        # mkdtemp makes the folder private (0700); the result should read like a plain mkdir.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)
         return self.tmp
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
