@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     pair = (Path(args.source), Path(args.target)) if args.source else sample_pair()
     model_desc = str(args.model)
     if args.model == "default":
-        from regrisk.models import packaged_model_path
+        from regrisk.model_loading import packaged_model_path
 
         path = packaged_model_path("default")
         from regrisk.card import read_card

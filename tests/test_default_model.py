@@ -65,7 +65,7 @@ def test_files_are_small_and_carry_cards():
 
 
 def test_packaged_model_resolves_and_matches_its_card():
-    from regrisk.models import resolve
+    from regrisk.model_loading import resolve
 
     for name in ("default", "default-stochastic"):
         resolved = resolve(name)  # check_card raises on any card/graph contradiction

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import conventions, io, kernels, models, perturbations, spaces
+from . import conventions, io, kernels, model_loading, perturbations, spaces
 from .backends import Backend, create_backend
 from .card import ModelCard
 from .errors import BudgetError, InputError, ModelError
@@ -255,7 +255,7 @@ class Estimator:
         self.activation_floats = int(activation_floats)
         self._backend_name = backend
         self._backend_options = dict(backend_options or {})
-        self.resolved = models.resolve(model, card)
+        self.resolved = model_loading.resolve(model, card)
         self.card: ModelCard | None = self.resolved.card
         self._backend: Backend | None = None
         self._backend_grid: tuple[int, ...] | None = None
@@ -274,7 +274,7 @@ class Estimator:
 
     def _backend_for(self, target_shape: tuple[int, int, int]) -> tuple[Backend, ModelCard]:
         if self.resolved.kind == "callable":
-            card = self.card or models.callable_card(target_shape, self.resolved.label)
+            card = self.card or model_loading.callable_card(target_shape, self.resolved.label)
             if self._backend is None or self._backend_grid != tuple(card.grid):
                 self._backend = self._make_backend(card)
                 self._backend_grid = tuple(card.grid)

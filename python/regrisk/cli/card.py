@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def infer_card_dict(model: Any, name: str) -> dict[str, Any]:
     """A card skeleton from the graph: names, layout, grid, batch axis, output channel axis."""
-    from ..models import graph_io
+    from ..model_loading import graph_io
 
     ins, outs, _ = graph_io(model)
     d: dict[str, Any] = {"name": name, "inputs": {}, "output": {}}
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..card import ModelCard, read_card, write_card
-    from ..models import check_card, load_graph
+    from ..model_loading import check_card, load_graph
 
     path = Path(args.model)
     if not path.is_file():

@@ -40,7 +40,7 @@ def gather() -> dict:
             info["device"] = importlib.import_module("regrisk.device").device_report()
         except Exception as exc:  # the report is informative; never fail `info` on it
             info["device"] = {"error": f"{type(exc).__name__}: {exc}"}
-    from ..models import PACKAGED, packaged_model_path
+    from ..model_loading import PACKAGED, packaged_model_path
 
     models = {}
     for name in sorted(set(PACKAGED) - {"default_stochastic"}):
