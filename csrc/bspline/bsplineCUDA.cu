@@ -13,22 +13,11 @@
 
 #include "bspline/bspline.h"
 #include "bspline/bsplineCUDA.h"
+#include "common/launch.cuh"
 #include "warp/warpCUDA.h"
 
 namespace regrisk::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-dim3 grid_for(int64_t voxels, int64_t batch) {
-  const int64_t blocks = (voxels + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 65535 * 64 ? blocks : 65535 * 64),
-              static_cast<unsigned>(batch < 65535 ? batch : 65535));
-}
-
-struct Dims32 {
-  uint32_t d, h, w;
-};
 
 // Weights and first control index for voxel x on an axis of n voxels and c control points.
 __device__ __forceinline__ int64_t axis_weights(int64_t x, int64_t n, int64_t c, float w[4]) {

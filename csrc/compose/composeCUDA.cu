@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/launch.cuh"
 #include "common/sampling.h"
 #include "compose/compose.h"
 #include "compose/composeCUDA.h"
@@ -13,26 +14,6 @@
 
 namespace regrisk::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-dim3 grid_for(int64_t voxels, int64_t batch) {
-  const int64_t blocks = (voxels + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 65535 * 64 ? blocks : 65535 * 64),
-              static_cast<unsigned>(batch < 65535 ? batch : 65535));
-}
-
-struct Dims32 {
-  uint32_t d, h, w;
-};
-
-__device__ __forceinline__ void unravel(uint32_t n, const Dims32& o, float& i, float& j, float& k) {
-  const uint32_t t = n / o.w;
-  k = static_cast<float>(n - t * o.w);
-  const uint32_t i_ = t / o.h;
-  j = static_cast<float>(t - i_ * o.h);
-  i = static_cast<float>(i_);
-}
 
 __global__ void __launch_bounds__(kThreads)
     compose_affine_kernel(const float* __restrict__ disp, int64_t b, Dims32 g,

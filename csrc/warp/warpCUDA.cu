@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/launch.cuh"
 #include "common/sampling.h"
 #include "warp/warp.h"
 #include "warp/warpCUDA.h"
@@ -49,28 +50,6 @@ void check_voxels(int64_t voxels, const char* what) {
 }  // namespace detail
 
 namespace {
-
-constexpr int kThreads = 256;
-
-// Blocks along x cover the voxels of one volume (grid-stride), blocks along y the batch.
-dim3 grid_for(int64_t voxels, int64_t batch) {
-  const int64_t blocks = (voxels + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 65535 * 64 ? blocks : 65535 * 64),
-              static_cast<unsigned>(batch < 65535 ? batch : 65535));
-}
-
-// Output grid with 32-bit extents: the unravel divisions are the hot integer work per voxel.
-struct Dims32 {
-  uint32_t d, h, w;
-};
-
-__device__ __forceinline__ void unravel(uint32_t n, const Dims32& o, float& i, float& j, float& k) {
-  const uint32_t t = n / o.w;
-  k = static_cast<float>(n - t * o.w);
-  const uint32_t i_ = t / o.h;
-  j = static_cast<float>(t - i_ * o.h);
-  i = static_cast<float>(i_);
-}
 
 template <Boundary M>
 __global__ void __launch_bounds__(kThreads)

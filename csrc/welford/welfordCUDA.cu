@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/launch.cuh"
 #include "welford/welford.h"
 #include "welford/welfordCUDA.h"
 #include "warp/warpCUDA.h"
@@ -13,13 +14,7 @@
 namespace regrisk::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 using Acc = double;
-
-unsigned blocks_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 65535 * 64 ? blocks : 65535 * 64);
-}
 
 // 3x3 voxel->mm matrix by value (kernel parameter space, no device copy).
 struct Mat3 {
@@ -103,7 +98,7 @@ void welford_update(int64_t count, float* mean, float* m2, const float* batch, i
                     int64_t n, int device, std::uintptr_t stream) {
   if (b == 0 || n == 0) return;
   const detail::DeviceGuard guard(device);
-  update_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  update_kernel<<<grid_for(n, 1), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       count, mean, m2, batch, b, n);
   detail::check_launch("welford_update");
 }
@@ -113,7 +108,7 @@ void welford_merge(int64_t count_a, float* mean_a, float* m2_a, int64_t count_b,
                    std::uintptr_t stream) {
   if (n == 0 || count_b == 0) return;  // nothing to absorb: a is already the merge
   const detail::DeviceGuard guard(device);
-  merge_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  merge_kernel<<<grid_for(n, 1), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(count_a), mean_a, m2_a, Acc(count_b), mean_b, m2_b, n);
   detail::check_launch("welford_merge");
 }
@@ -124,7 +119,7 @@ void welford_sigma(int64_t count, const float* m2, const float* m, float* out, i
   const detail::DeviceGuard guard(device);
   Gram G;
   gram_upper<Acc>(m, G.g);
-  sigma_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  sigma_kernel<<<grid_for(n, 1), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(1) / Acc(count - 1), m2, G, out, n);
   detail::check_launch("welford_sigma");
 }
@@ -133,7 +128,7 @@ void welford_axis_sigma(int64_t count, const float* m2, const float* m, float* o
                         int device, std::uintptr_t stream) {
   if (n == 0) return;
   const detail::DeviceGuard guard(device);
-  axis_sigma_kernel<<<blocks_for(n), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  axis_sigma_kernel<<<grid_for(n, 1), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       Acc(1) / Acc(count - 1), m2, to_mat3(m), out, n);
   detail::check_launch("welford_axis_sigma");
 }
