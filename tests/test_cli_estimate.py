@@ -131,6 +131,14 @@ def test_bad_models_and_parameters(files, tmp_path, capsys):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_backend_asked_for_by_name_that_cannot_run_is_one_line(files, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") and importlib.util.find_spec("cupy"):
+        pytest.skip("TensorRT and CuPy are installed here: the backend may really run")
+    _bad(files, tmp_path, capsys, "backend 'tensorrt' cannot run here", backend="tensorrt")
+
+
 def test_interrupt_while_saving_leaves_nothing(files, tmp_path, monkeypatch, capsys):
     from regrisk import io
 

@@ -145,7 +145,10 @@ def create_backend(
     if model.function is not None and name is None:
         return _resolve("callable")(model, card, threads=threads, options=options)
     if name is not None:
-        backend = _resolve(name)(model, card, threads=threads, options=options)
+        try:
+            backend = _resolve(name)(model, card, threads=threads, options=options)
+        except ImportError as exc:  # asked for by name, so say why it cannot run
+            raise ModelError(f"backend {name!r} cannot run here: {exc}") from None
         if backend.device != device:
             raise ModelError(f"backend {name!r} runs on {backend.device}, not {device}")
         return backend
@@ -154,9 +157,7 @@ def create_backend(
     failures = []
     for candidate in _DEFAULTS[device]:
         try:
-            factory = _resolve(candidate)
-        except ImportError as exc:  # optional backend not installed / not built
+            return _resolve(candidate)(model, card, threads=threads, options=options)
+        except ImportError as exc:  # optional backend not installed / not built / no device
             failures.append(f"{candidate}: {exc}")
-            continue
-        return factory(model, card, threads=threads, options=options)
     raise ModelError(f"no backend available for device {device!r} ({'; '.join(failures)})")
