@@ -81,7 +81,7 @@ def test_python_m_entry_point_and_overwrite(files, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def _bad(files, tmp_path, capsys, match, **override):
+def check_refused(files, tmp_path, capsys, match, **override):
     args = {"source": str(files["source"]), "target": str(files["target"]),
             "model": str(files["model"]), "out": str(tmp_path / "out"), "samples": "3"}
     args.update(override)
@@ -98,18 +98,18 @@ def _bad(files, tmp_path, capsys, match, **override):
 def test_bad_images(files, tmp_path, capsys):
     d = tmp_path / "inputs"
     d.mkdir()
-    _bad(files, tmp_path, capsys, "no such file", source=str(d / "missing.nii.gz"))
+    check_refused(files, tmp_path, capsys, "no such file", source=str(d / "missing.nii.gz"))
     raw = (files["dir"] / "source.nii.gz").read_bytes()
     (d / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
-    _bad(files, tmp_path, capsys, "truncated or corrupt", source=str(d / "trunc.nii.gz"))
+    check_refused(files, tmp_path, capsys, "truncated or corrupt", source=str(d / "trunc.nii.gz"))
     (d / "junk.nii").write_bytes(b"not a nifti file" * 40)
-    _bad(files, tmp_path, capsys, "not a readable NIfTI", target=str(d / "junk.nii"))
+    check_refused(files, tmp_path, capsys, "not a readable NIfTI", target=str(d / "junk.nii"))
     v = blob(GRID, (8, 8, 8))
     v[2, 2, 2] = np.nan
-    _bad(files, tmp_path, capsys, "NaN or Inf", source=str(write_nifti(d / "nan.nii.gz", v, AFF_S)))
-    _bad(files, tmp_path, capsys, "constant",
+    check_refused(files, tmp_path, capsys, "NaN or Inf", source=str(write_nifti(d / "nan.nii.gz", v, AFF_S)))
+    check_refused(files, tmp_path, capsys, "constant",
          target=str(write_nifti(d / "c.nii.gz", np.ones(GRID, np.float32), AFF_T)))
-    _bad(files, tmp_path, capsys, "3-D scalar",
+    check_refused(files, tmp_path, capsys, "3-D scalar",
          source=str(write_nifti(d / "4d.nii.gz", np.random.rand(*GRID, 2).astype(np.float32), AFF_S)))
 
 
@@ -117,14 +117,14 @@ def test_bad_models_and_parameters(files, tmp_path, capsys):
     d = tmp_path / "models"
     d.mkdir()
     (d / "x.onnx").write_bytes(b"definitely not onnx" * 5)
-    _bad(files, tmp_path, capsys, "not an ONNX model", model=str(d / "x.onnx"))
-    _bad(files, tmp_path, capsys, "no model card",
+    check_refused(files, tmp_path, capsys, "not an ONNX model", model=str(d / "x.onnx"))
+    check_refused(files, tmp_path, capsys, "no model card",
          model=str(com_model(d / "nc.onnx", GRID, card=False)))
-    _bad(files, tmp_path, capsys, "card contradicts the graph",
+    check_refused(files, tmp_path, capsys, "card contradicts the graph",
          model=str(com_model(d / "w.onnx", GRID, card={"grid": [16, 18, 21]})))
-    _bad(files, tmp_path, capsys, "samples", samples="1")
-    _bad(files, tmp_path, capsys, "exceeds the budget", memory_budget="1M")
-    _bad(files, tmp_path, capsys, "unknown family", perturbation="wobble")
+    check_refused(files, tmp_path, capsys, "samples", samples="1")
+    check_refused(files, tmp_path, capsys, "exceeds the budget", memory_budget="1M")
+    check_refused(files, tmp_path, capsys, "unknown family", perturbation="wobble")
     (tmp_path / "out").mkdir()
     assert _run(files, tmp_path / "out") == 2
     assert "already exists" in capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_a_backend_asked_for_by_name_that_cannot_run_is_one_line(files, tmp_path
 
     if importlib.util.find_spec("tensorrt") and importlib.util.find_spec("cupy"):
         pytest.skip("TensorRT and CuPy are installed here: the backend may really run")
-    _bad(files, tmp_path, capsys, "backend 'tensorrt' cannot run here", backend="tensorrt")
+    check_refused(files, tmp_path, capsys, "backend 'tensorrt' cannot run here", backend="tensorrt")
 
 
 def test_interrupt_while_saving_leaves_nothing(files, tmp_path, monkeypatch, capsys):

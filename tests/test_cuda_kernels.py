@@ -142,7 +142,7 @@ def _affine(rng, batch, jitter=0.2, shift=3.0):
     return a.astype(np.float32)
 
 
-def _same(gpu_out, cpu_out, **tol):
+def check_same(gpu_out, cpu_out, **tol):
     cp = _cp()
     assert isinstance(gpu_out, cp.ndarray) and gpu_out.dtype == np.float32
     assert gpu_out.shape == cpu_out.shape
@@ -159,10 +159,10 @@ def test_warp_displacement(rng, shape, mode, scale):
     out_shape = (shape[0] + 1, shape[1], max(1, shape[2] - 1))  # output grid != input grid
     disp = _field(rng, out_shape, scale, batch=3)
     want = K.warp(vol, disp, mode=mode, fill=-0.5)
-    _same(K.warp(cp.asarray(vol), cp.asarray(disp), mode=mode, fill=-0.5), want)
+    check_same(K.warp(cp.asarray(vol), cp.asarray(disp), mode=mode, fill=-0.5), want)
     # One volume per batch item (Bv == B).
     vols = _vol(rng, shape, (3, 2))
-    _same(K.warp(cp.asarray(vols), cp.asarray(disp), mode=mode), K.warp(vols, disp, mode=mode))
+    check_same(K.warp(cp.asarray(vols), cp.asarray(disp), mode=mode), K.warp(vols, disp, mode=mode))
 
 
 @gpu
@@ -174,9 +174,9 @@ def test_warp_affine(rng, shape, mode):
     aff = _affine(rng, 4, shift=max(shape))  # shifts push many points outside
     out_shape = (shape[2] + 2, shape[0], shape[1])
     want = K.warp(vol, affine=aff, shape=out_shape, mode=mode, fill=0.25)
-    _same(K.warp(cp.asarray(vol), affine=cp.asarray(aff), shape=out_shape, mode=mode, fill=0.25), want)
+    check_same(K.warp(cp.asarray(vol), affine=cp.asarray(aff), shape=out_shape, mode=mode, fill=0.25), want)
     # A NumPy affine with a CuPy volume (small parameter arrays may live on the host).
-    _same(K.warp(cp.asarray(vol), affine=aff, shape=out_shape, mode=mode, fill=0.25), want)
+    check_same(K.warp(cp.asarray(vol), affine=aff, shape=out_shape, mode=mode, fill=0.25), want)
 
 
 @gpu
@@ -186,7 +186,7 @@ def test_compose_affine(rng, shape):
     disp = _field(rng, shape, 3.0, batch=3)
     for aff in (_affine(rng, 3), _affine(rng, 1)):  # Ba == B and Ba == 1
         want = K.compose(disp, affine=aff)
-        _same(K.compose(cp.asarray(disp), affine=cp.asarray(aff)), want)
+        check_same(K.compose(cp.asarray(disp), affine=cp.asarray(aff)), want)
 
 
 @gpu
@@ -198,7 +198,7 @@ def test_compose_field(rng, shape, mode):
     fshape = (shape[0] + 2, max(1, shape[1] - 1), shape[2] + 3)
     for field in (_field(rng, fshape, 2.0, batch=2), _field(rng, fshape, 2.0, batch=1)):
         want = K.compose(disp, field=field, mode=mode, fill=0.5)
-        _same(K.compose(cp.asarray(disp), field=cp.asarray(field), mode=mode, fill=0.5), want)
+        check_same(K.compose(cp.asarray(disp), field=cp.asarray(field), mode=mode, fill=0.5), want)
 
 
 @gpu
@@ -209,7 +209,7 @@ def test_bspline_field(rng, shape, ctrl):
     cp = _cp()
     control = (rng.uniform(-12.5, 12.5, (3, 3) + ctrl)).astype(np.float32)
     want = K.bspline_field(control, shape)
-    _same(K.bspline_field(cp.asarray(control), shape), want)
+    check_same(K.bspline_field(cp.asarray(control), shape), want)
 
 
 @gpu
@@ -227,16 +227,16 @@ def test_welford_update_merge_sigma(rng, shape):
             acc_gpu.update(cp.asarray(batch))
     for acc_cpu, acc_gpu in ((cpu_a, gpu_a), (cpu_b, gpu_b)):
         assert acc_gpu.count == acc_cpu.count
-        _same(acc_gpu.mean, acc_cpu.mean)
-        _same(acc_gpu.covariance, acc_cpu.covariance, atol=1e-9, rtol=1e-4)
+        check_same(acc_gpu.mean, acc_cpu.mean)
+        check_same(acc_gpu.covariance, acc_cpu.covariance, atol=1e-9, rtol=1e-4)
     cpu_a.merge(cpu_b)
     gpu_a.merge(gpu_b)
     assert gpu_a.count == 13
-    _same(gpu_a.mean, cpu_a.mean)
-    _same(gpu_a.covariance, cpu_a.covariance, atol=1e-9, rtol=1e-4)
-    _same(gpu_a.sigma(M), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
-    _same(gpu_a.axis_sigma(M), cpu_a.axis_sigma(M), atol=1e-7, rtol=1e-5)
-    _same(gpu_a.sigma(cp.asarray(M)), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
+    check_same(gpu_a.mean, cpu_a.mean)
+    check_same(gpu_a.covariance, cpu_a.covariance, atol=1e-9, rtol=1e-4)
+    check_same(gpu_a.sigma(M), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
+    check_same(gpu_a.axis_sigma(M), cpu_a.axis_sigma(M), atol=1e-7, rtol=1e-5)
+    check_same(gpu_a.sigma(cp.asarray(M)), cpu_a.sigma(M), atol=1e-7, rtol=1e-5)
 
 
 @gpu
@@ -255,7 +255,7 @@ def test_kernels_run_on_the_current_stream_without_copies(rng):
         total = float(out.sum())  # the result read back through s
         s.synchronize()
     np.testing.assert_allclose(total, float(want.astype(np.float64).sum()), rtol=1e-5)
-    _same(out, want)
+    check_same(out, want)
 
 
 @gpu

@@ -37,7 +37,7 @@ def _affine(rng, batch=None, jitter=0.2, shift=3.0):
     return a.astype(np.float32)
 
 
-def _close(a, b, atol=2e-5, rtol=2e-5):
+def check_close(a, b, atol=2e-5, rtol=2e-5):
     assert a.shape == b.shape and a.dtype == np.float32
     np.testing.assert_allclose(a, b, atol=atol, rtol=rtol)
 
@@ -71,7 +71,7 @@ def test_warp_displacement_matches_reference(rng, shape, mode, scale):
     got = K.warp(vol, disp, mode=mode, fill=-0.5)
     want = R.warp(vol, disp, mode=mode, fill=-0.5)
     assert got.shape == (3, 2) + out_shape
-    _close(got, want)
+    check_close(got, want)
 
 
 @pytest.mark.parametrize("vol_lead,disp_batch,expect", [
@@ -88,7 +88,7 @@ def test_warp_ranks_and_broadcasting(rng, vol_lead, disp_batch, expect):
     disp = _field(rng, shape, 2.0, batch=disp_batch)
     got = K.warp(vol, disp)
     assert got.shape == expect(shape)
-    _close(got, R.warp(vol, disp))
+    check_close(got, R.warp(vol, disp))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -100,11 +100,11 @@ def test_warp_affine_matches_reference(rng, shape, mode):
     got = K.warp(vol, affine=aff, shape=out_shape, mode=mode, fill=1.5)
     want = R.warp(vol, affine=aff, shape=out_shape, mode=mode, fill=1.5)
     assert got.shape == (2, 1) + out_shape
-    _close(got, want)
+    check_close(got, want)
     # Unbatched affine, default output grid = the input's.
     single = K.warp(vol[0, 0], affine=aff[0], mode=mode)
     assert single.shape == shape
-    _close(single, R.warp(vol[0, 0], affine=aff[0], mode=mode))
+    check_close(single, R.warp(vol[0, 0], affine=aff[0], mode=mode))
 
 
 def test_warp_affine_equals_dense_warp_by_its_displacement(rng):
@@ -114,7 +114,7 @@ def test_warp_affine_equals_dense_warp_by_its_displacement(rng):
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(np.float64)
     disp = (np.einsum("ij,j...->i...", aff[:, :3].astype(np.float64), grid)
             + aff[:, 3].astype(np.float64)[:, None, None, None] - grid).astype(np.float32)
-    _close(K.warp(vol, affine=aff), K.warp(vol, disp), atol=1e-4)
+    check_close(K.warp(vol, affine=aff), K.warp(vol, disp), atol=1e-4)
 
 
 @settings(max_examples=40, deadline=None)
@@ -127,7 +127,7 @@ def test_warp_property_against_reference(d, h, w, scale, fill, mode, seed):
     rng = np.random.default_rng(seed)
     vol = _vol(rng, (d, h, w))
     disp = _field(rng, (w, d, h), scale)
-    _close(K.warp(vol, disp, fill=fill, mode=mode), R.warp(vol, disp, fill=fill, mode=mode))
+    check_close(K.warp(vol, disp, fill=fill, mode=mode), R.warp(vol, disp, fill=fill, mode=mode))
 
 
 def test_warp_zero_field_and_identity_affine_are_exact(rng):
@@ -147,12 +147,12 @@ def test_warp_zero_field_and_identity_affine_are_exact(rng):
 def test_compose_affine_matches_reference(rng, shape):
     disp = _field(rng, shape, 4.0, batch=3)
     aff = _affine(rng, batch=3)
-    _close(K.compose(disp, affine=aff), R.compose(disp, affine=aff), atol=5e-5)
+    check_close(K.compose(disp, affine=aff), R.compose(disp, affine=aff), atol=5e-5)
     # One affine for the whole batch, and one field with a batch of affines.
-    _close(K.compose(disp, affine=aff[1]), R.compose(disp, affine=aff[1]), atol=5e-5)
+    check_close(K.compose(disp, affine=aff[1]), R.compose(disp, affine=aff[1]), atol=5e-5)
     got = K.compose(disp[0], affine=aff)
     assert got.shape == (3, 3) + shape
-    _close(got, R.compose(disp[0], affine=aff), atol=5e-5)
+    check_close(got, R.compose(disp[0], affine=aff), atol=5e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -163,10 +163,10 @@ def test_compose_field_matches_reference(rng, shape, mode, scale):
     fshape = (shape[2] + 2, shape[0], shape[1] + 1)  # the source grid differs from the target's
     field = _field(rng, fshape, 3.0, batch=2)
     got = K.compose(disp, field=field, mode=mode, fill=0.25)
-    _close(got, R.compose(disp, field=field, mode=mode, fill=0.25), atol=5e-5)
+    check_close(got, R.compose(disp, field=field, mode=mode, fill=0.25), atol=5e-5)
     one = K.compose(disp[0], field=field[1], mode=mode, fill=0.25)
     assert one.shape == (3,) + shape
-    _close(one, R.compose(disp[0], field=field[1], mode=mode, fill=0.25), atol=5e-5)
+    check_close(one, R.compose(disp[0], field=field[1], mode=mode, fill=0.25), atol=5e-5)
 
 
 def test_compose_identity_affine_and_zero_field_return_the_displacement(rng):
@@ -204,8 +204,8 @@ def test_bspline_matches_reference(rng, ctrl_shape, shape):
     ctrl = _field(rng, ctrl_shape, 5.0, batch=2)
     got = K.bspline_field(ctrl, shape)
     assert got.shape == (2, 3) + shape
-    _close(got, R.bspline_field(ctrl, shape), atol=5e-6)
-    _close(K.bspline_field(ctrl[1], shape), R.bspline_field(ctrl[1], shape), atol=5e-6)
+    check_close(got, R.bspline_field(ctrl, shape), atol=5e-6)
+    check_close(K.bspline_field(ctrl[1], shape), R.bspline_field(ctrl[1], shape), atol=5e-6)
 
 
 def test_bspline_reproduces_constant_and_linear_fields():
@@ -283,9 +283,9 @@ def test_welford_sigma_and_axis_sigma(rng):
     np.testing.assert_allclose(acc.sigma(), np.sqrt(np.var(samples.astype(np.float64), axis=0,
                                                             ddof=1).sum(axis=0)), rtol=1e-5)
     ref = R.Welford(shape).update(samples)
-    _close(acc.sigma(M), ref.sigma(M), rtol=1e-5, atol=1e-6)
-    _close(acc.axis_sigma(M), ref.axis_sigma(M), rtol=1e-5, atol=1e-6)
-    _close(acc.covariance, ref.covariance, rtol=1e-5, atol=1e-6)
+    check_close(acc.sigma(M), ref.sigma(M), rtol=1e-5, atol=1e-6)
+    check_close(acc.axis_sigma(M), ref.axis_sigma(M), rtol=1e-5, atol=1e-6)
+    check_close(acc.covariance, ref.covariance, rtol=1e-5, atol=1e-6)
 
 
 def test_welford_needs_two_samples_and_is_constant_memory(rng):
@@ -311,7 +311,7 @@ def test_welford_merge_with_empty_and_itself(rng):
     acc.merge(K.Welford(shape))
     assert acc.count == 4
     empty = K.Welford(shape).merge(acc)
-    _close(empty.covariance, acc.covariance, rtol=1e-6, atol=1e-7)
+    check_close(empty.covariance, acc.covariance, rtol=1e-6, atol=1e-7)
     acc.merge(acc)  # the same samples twice
     both = np.concatenate([x, x]).astype(np.float64)
     np.testing.assert_allclose(acc.covariance[0], np.var(both[:, 0], axis=0, ddof=1), rtol=1e-5)
