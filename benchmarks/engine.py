@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from regrisk.reference import bspline_basis
+
 
 def build_net(torch):
     nn, F = torch.nn, torch.nn.functional
@@ -90,21 +92,6 @@ def make_pair(size: int, seed: int = 0):
 
 # -- the research-script baseline -------------------------------------------------------------
 
-def bspline_basis_matrix(n: int, c: int) -> np.ndarray:
-    """(n, c) weights of the uniform cubic B-spline (same rule as the kernel contract)."""
-    s = (n - 1) / (c - 3)
-    W = np.zeros((n, c))
-    for x in range(n):
-        t = x / s + 1
-        i = min(int(np.floor(t)), c - 3)
-        u = t - i
-        w = [(1 - u) ** 3 / 6, (3 * u ** 3 - 6 * u ** 2 + 4) / 6,
-             (-3 * u ** 3 + 3 * u ** 2 + 3 * u + 1) / 6, u ** 3 / 6]
-        for k in range(4):
-            W[x, i - 1 + k] = w[k]
-    return W
-
-
 def baseline(torch, net, S: np.ndarray, T: np.ndarray, draws, spacing: np.ndarray) -> tuple[np.ndarray, dict]:
     F = torch.nn.functional
     times = {"perturb": 0.0, "inference": 0.0, "compose": 0.0, "variance": 0.0}
@@ -130,7 +117,7 @@ def baseline(torch, net, S: np.ndarray, T: np.ndarray, draws, spacing: np.ndarra
                 cs = ctrl.shape[1:]
                 key = (D, H, W) + tuple(cs)
                 if key not in mats:
-                    mats[key] = [torch.from_numpy(bspline_basis_matrix(m, c).astype(np.float32))
+                    mats[key] = [torch.from_numpy(bspline_basis(m, c).astype(np.float32))
                                  for m, c in zip((D, H, W), cs)]
                 Bd, Bh, Bw = mats[key]
                 d = torch.einsum("cijk,ai,bj,dk->cabd", ctrl, Bd, Bh, Bw)

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from regrisk import Estimator, perturbations  # noqa: E402
 from regrisk.card import METADATA_KEY, ModelCard  # noqa: E402
+from regrisk.reference import bspline_basis  # noqa: E402
 
 N = 16
 
@@ -28,20 +29,6 @@ class Net(torch.nn.Module):
     def forward(self, source, target):
         x = torch.cat([source, target], 1)
         return self.b(torch.tanh(self.a(x))) * 2.0
-
-
-def _basis(n: int, c: int) -> np.ndarray:
-    """(n, c) uniform cubic B-spline weights, from the kernel contract's definition."""
-    s = (n - 1) / (c - 3)
-    W = np.zeros((n, c))
-    for x in range(n):
-        t = x / s + 1
-        i = min(int(np.floor(t)), c - 3)
-        u = t - i
-        w = [(1 - u) ** 3 / 6, (3 * u ** 3 - 6 * u ** 2 + 4) / 6,
-             (-3 * u ** 3 + 3 * u ** 2 + 3 * u + 1) / 6, u ** 3 / 6]
-        W[x, i - 1:i + 3] = w
-    return W
 
 
 def _torch_sigma(net, S, T, draws, spacing):
@@ -60,7 +47,7 @@ def _torch_sigma(net, S, T, draws, spacing):
             A = torch.from_numpy(draws.affine[k].astype(np.float64))
             if draws.control[k] is not None:
                 c = draws.control[k].astype(np.float64)
-                Bs = [torch.from_numpy(_basis(m, cc)) for m, cc in zip(S.shape, c.shape[1:])]
+                Bs = [torch.from_numpy(bspline_basis(m, cc)) for m, cc in zip(S.shape, c.shape[1:])]
                 d = torch.einsum("cijk,ai,bj,dk->cabd", torch.from_numpy(c), *Bs)
                 pos = ident + d
             else:
