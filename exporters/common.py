@@ -131,6 +131,27 @@ def load_weights(module: Any, state: Mapping[str, Any], path: str | os.PathLike[
         raise CheckpointError(f"{path}: weights do not fit the network ({detail})") from None
 
 
+def check_weight_source(weights: str | os.PathLike[str] | None, random_init: bool) -> None:
+    """Exactly one of a checkpoint and random weights; checked before any network is built."""
+    if (weights is None) == (not random_init):
+        raise ExportError("give --weights or --random-init (exactly one)")
+
+
+def init_weights(net: Any, weights: str | os.PathLike[str] | None, *, random_init: bool,
+                 seed: int, randomize: Callable[[Any, int], None] | None = None,
+                 checkpoint_key: str | None = None, strip_prefix: str = "") -> None:
+    """Give ``net`` its weights: the checkpoint at ``weights`` (loaded safely and strictly) or,
+    with ``random_init``, ``randomize(net, seed)`` (the module's own initialisation when None);
+    then eval mode."""
+    if random_init:
+        if randomize is not None:
+            randomize(net, seed)
+    else:
+        load_weights(net, load_checkpoint(weights, checkpoint_key), weights,
+                     strip_prefix=strip_prefix)
+    net.eval()
+
+
 def _first_keys(listing: str, n: int = 3) -> str:
     keys = re.findall(r'"([^"]+)"', listing)
     more = f" and {len(keys) - n} more" if len(keys) > n else ""

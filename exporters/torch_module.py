@@ -21,7 +21,7 @@ from typing import Any
 from regrisk.card import ModelCard
 
 from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     load_checkpoint, load_weights, version_provenance)
+                     check_weight_source, init_weights, version_provenance)
 
 
 def resolve_factory(spec: str) -> Any:
@@ -123,8 +123,7 @@ def export_torch_module(
     """Export the module built by ``module`` (``package.module:factory``) with ``card``."""
     import torch
 
-    if (weights is None) == (not random_init):
-        raise ExportError("give --weights or --random-init (exactly one)")
+    check_weight_source(weights, random_init)
     if card.stochastic:
         raise ExportError("a stochastic card cannot be parity-checked; export the deterministic "
                           "network and mark the card with 'regrisk card'")
@@ -139,10 +138,8 @@ def export_torch_module(
     if not isinstance(net, torch.nn.Module):
         raise ExportError(f"--module {module!r}: the factory returned {type(net).__name__}, "
                           "not a torch.nn.Module")
-    if not random_init:
-        load_weights(net, load_checkpoint(weights, checkpoint_key), weights,  # type: ignore[arg-type]
-                     strip_prefix=strip_prefix)
-    net.eval()
+    init_weights(net, weights, random_init=random_init, seed=seed,
+                 checkpoint_key=checkpoint_key, strip_prefix=strip_prefix)
     layout = card.inputs.layout
     names = (card.inputs.source, card.inputs.target) if layout == "pair" else (card.inputs.concat,)
     channels = (1, 1) if layout == "pair" else (2,)

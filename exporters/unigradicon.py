@@ -27,7 +27,7 @@ from typing import Any
 from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
 
 from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     load_checkpoint, load_weights, version_provenance)
+                     check_weight_source, init_weights, version_provenance)
 
 GRID = (175, 175, 175)
 # Two DownsampleRegistration levels, then tallUNet2's five stride-2 stages with ceil-mode pooling:
@@ -210,18 +210,13 @@ def export_unigradicon(
 
     if modality not in ("mri", "ct"):
         raise ExportError(f"modality {modality!r}: expected 'mri' or 'ct'")
-    if (weights is None) == (not random_init):
-        raise ExportError("give --weights or --random-init (exactly one)")
+    check_weight_source(weights, random_init)
     if opset < 20:
         raise ExportError(f"opset {opset}: 5-D GridSample needs opset 20 or later")
     grid = _check_grid(grid)
     torch.manual_seed(seed)
     net = build_network(grid)
-    if random_init:
-        randomize(net, seed)
-    else:
-        load_weights(net, load_checkpoint(weights), weights)  # type: ignore[arg-type]
-    net.eval()
+    init_weights(net, weights, random_init=random_init, seed=seed, randomize=randomize)
     wrapper = _wrapper_class()(net, CT_WINDOW if modality == "ct" else None).eval()
     card = make_card(grid, modality)
     try:

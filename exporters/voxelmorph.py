@@ -18,7 +18,7 @@ from typing import Any
 from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
 
 from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     load_checkpoint, load_weights, version_provenance)
+                     check_weight_source, init_weights, version_provenance)
 
 GRID = (160, 192, 224)  # VoxelMorph's brain MRI grid (1 mm, affinely aligned)
 FEATURES = (16, 16, 16, 16, 16)
@@ -127,8 +127,7 @@ def export_voxelmorph(
 
     if form not in FORMS:
         raise ExportError(f"form {form!r}: expected one of {', '.join(FORMS)}")
-    if (weights is None) == (not random_init):
-        raise ExportError("give --weights or --random-init (exactly one)")
+    check_weight_source(weights, random_init)
     if form == "monolithic" and opset < 20:
         raise ExportError(f"opset {opset}: the monolithic form has 5-D GridSample (opset 20+)")
     if form == "staged" and int(steps) < 1:
@@ -136,11 +135,8 @@ def export_voxelmorph(
     grid = _check_grid(grid, features)
     torch.manual_seed(seed)
     net = build_network(features, steps)
-    if random_init:
-        randomize(net, seed)
-    else:
-        load_weights(net, load_checkpoint(weights, checkpoint_key), weights)  # type: ignore[arg-type]
-    net.eval()
+    init_weights(net, weights, random_init=random_init, seed=seed, randomize=randomize,
+                 checkpoint_key=checkpoint_key)
     wrapper = _wrapper_class()(net, form).eval()
     card = make_card(grid, form, steps, resample, spacing)
     prov = version_provenance("regrisk.exporters.voxelmorph", ["voxelmorph", "neurite"],
