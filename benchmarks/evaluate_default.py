@@ -144,13 +144,10 @@ def verdicts(rows: list[dict]) -> list[str]:
 def convergence_md(conv: list[dict]) -> str:
     if not conv:
         return "(not run)"
-    out = ["| ground truth | draws | K | agreement rho with the reference map | r | rho | nAURC | seconds |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in conv:
-        out.append(f"| {r['ground_truth']} | {r['draws']} | {r['samples']} | "
-                   f"{float(r['agreement_spearman']):.3f} | {float(r['pearson']):.3f} | "
-                   f"{float(r['spearman']):.3f} | {float(r['naurc']):.3f} | {float(r['seconds']):.1f} |")
-    return "\n".join(out)
+    from regrisk.evaluation.protocol import convergence_table
+
+    numeric = ("agreement_spearman", "pearson", "spearman", "naurc", "seconds")
+    return convergence_table([{**r, **{k: float(r[k]) for k in numeric}} for r in conv])
 
 
 def needed_k(conv: list[dict], level: float = 0.9) -> list[str]:
