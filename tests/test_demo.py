@@ -12,7 +12,7 @@ nib = pytest.importorskip("nibabel")
 pytest.importorskip("onnxruntime")
 
 from regrisk.cli import main  # noqa: E402
-from regrisk.demo import data_path, overview_png  # noqa: E402
+from regrisk.demo import data_path, overview_png, tissue_dice, warp_labels_world  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,6 +29,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--samples", "4", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "overview.png" in printed
+    # the network must move Colin27's tissue labels onto MNI152's better than no registration
+    line = next(l for l in printed.splitlines() if "tissue Dice" in l)
+    before, after = (float(x) for x in line.split(":", 1)[1].split("(")[0].split("->"))
+    assert after > before + 0.02, line
     for name in ("overview.png", "uncertainty.nii.gz", "uncertainty_axes.nii.gz",
                  "displacement.nii.gz", "warped_source.nii.gz", "summary.json"):
         assert (out / name).is_file(), name
@@ -79,3 +83,35 @@ def test_overview_png_layout(tmp_path):
     img = _read_png(path)
     assert img.shape[1] > img.shape[0]  # four columns, three rows
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_tissue_dice_counts_overlap_per_label():
+    a = np.zeros((4, 4, 4), np.int16)
+    b = np.zeros_like(a)
+    a[:2] = 1           # 32 voxels of CSF in a
+    b[:1] = 1           # 16 of them in b: Dice 2 * 16 / 48
+    a[2:] = b[2:] = 2   # identical GM
+    d = tissue_dice(a, b)
+    assert d["csf"] == pytest.approx(2 / 3)
+    assert d["grey_matter"] == 1.0
+    assert np.isnan(d["white_matter"]) and np.isnan(d["mean"])  # an absent label is no score
+
+
+def test_warp_labels_world_follows_a_millimetre_shift():
+    """A constant world shift of one voxel (2 mm along x) on a 2 mm grid pulls each label from
+    its neighbour: the same as slicing the array by one along axis 0."""
+    rng = np.random.default_rng(1)
+    lab = rng.integers(0, 4, (6, 7, 5)).astype(np.int16)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = (-5.0, 3.0, 1.0)
+    zero = np.zeros((3, *lab.shape))
+    np.testing.assert_array_equal(warp_labels_world(lab, aff, aff, zero), lab)
+    shift = zero.copy()
+    shift[0] = 2.0
+    moved = warp_labels_world(lab, aff, aff, shift)
+    np.testing.assert_array_equal(moved[:-1], lab[1:])
+    assert (moved[-1] == 0).all()  # outside the source: background
+    # a source grid offset by one voxel in world space needs no displacement for the same result
+    off = aff.copy()
+    off[0, 3] -= 2.0
+    np.testing.assert_array_equal(warp_labels_world(lab, off, aff, zero)[:-1], lab[1:])

@@ -113,22 +113,37 @@ def evaluate_synthetic(pairs, sess, estimator=None, samples: int = 50, mc=None,
     return {"summary": summary, "per_pair": rows}
 
 
+# Ablation variants: (trained weights?, U-Net output zeroed?, demons removed?, normalisation
+# removed?). "fixed_demons" is the architecture's arithmetic alone, with nothing learned (steps at
+# their initial value 1, U-Net zeroed): what training adds is measured against it.
+ABLATIONS = {
+    "unet_only": (True, False, True, False),
+    "demons_only": (True, True, False, False),
+    "demons_only_no_normalisation": (True, True, False, True),
+    "fixed_demons": (False, True, False, False),
+}
+
+
 def ablation(checkpoint: Path, n: int, seed: int = EVAL_SEED) -> dict:
-    """Dice / EPE on the same held-out pairs for the parts of the model (PyTorch, eval mode):
-    the U-Net alone (no refinement) and the refinement alone (U-Net output zeroed)."""
+    """Dice / EPE on the same held-out pairs for parts of the model (PyTorch, eval mode): see
+    ``ABLATIONS``."""
     import torch
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     out = {}
-    for tag in ("unet_only", "refine_only"):
+    for tag, (trained, zero_unet, no_demons, no_norm) in ABLATIONS.items():
+        torch.manual_seed(0)
         net = network.build(ck["config"])
-        net.load_state_dict(ck["model"])
+        if trained:
+            net.load_state_dict(ck["model"])
         net.eval()
-        if tag == "unet_only":
-            net.refine = None
-        else:
+        if zero_unet:
             torch.nn.init.zeros_(net.flow.weight)
             torch.nn.init.zeros_(net.flow.bias)
+        if no_demons:
+            net.refine = None
+        if no_norm:
+            net.normalize = torch.nn.Identity()
         before, after, epe = [], [], []
         for s, t, ls, lt, u_gt in synthetic_pairs(n, seed):
             with torch.no_grad():
@@ -172,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="how many of the pairs also get the (slower) uncertainty estimate")
     ap.add_argument("--json", type=Path, default=HERE / "evaluation.json")
     ap.add_argument("--ablation", type=Path, default=None,
-                    help="training checkpoint: also score the U-Net alone and the refinement alone")
+                    help="training checkpoint: also score the parts of the model (ABLATIONS)")
     args = ap.parse_args(argv)
 
     sess = session(args.model)

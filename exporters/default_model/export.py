@@ -62,8 +62,9 @@ def make_card(stochastic: bool, provenance: dict):
         resample=Resample(method="reslice", spacing=(sp, sp, sp)),
         stochastic=stochastic,
         description=(
-            "regrisk's default brain MRI registration network: a small VoxelMorph-style 3-D "
-            "U-Net trained here on SynthMorph-style synthetic pairs (contrast-agnostic) for "
+            "regrisk's default brain MRI registration network: unrolled demons on locally "
+            "normalised images followed by a small VoxelMorph-style 3-D U-Net (residual field), "
+            "trained end to end here on SynthMorph-style synthetic pairs for same-contrast, "
             "affinely pre-aligned brain images at 2 mm. Displacement in voxels of the target "
             "grid. " + what),
         provenance=provenance,
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         "training_grid": ck["args"].get("crop"), "last_validation": (ck["val"] or [None])[-1],
     }
     base = {
-        "architecture": "VoxelMorph-style 3-D U-Net, half-resolution flow, channel dropout",
+        "architecture": "local contrast normalisation, unrolled multi-level demons with learned "
+                        "steps, then a VoxelMorph-style 3-D U-Net predicting a residual field "
+                        "(half resolution, channel dropout)",
         "network_config": ck["config"],
         "training": train,
         "training_data": "SynthMorph-style synthetic pairs: random smooth label maps and tissue "

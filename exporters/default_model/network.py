@@ -4,19 +4,20 @@ Input: source and target, each (B, 1, D, H, W) in [0, 1], D, H, W divisible by 1
 Output: displacement u (B, 3, D, H, W) in voxels of the target grid, channel c along array
 axis c (ijk), with S(x + u(x)) ~= T(x).
 
-Design choices, sized for a 2-core CPU (one pass on 80x96x80 well under a second in ONNX
-Runtime):
-- one cheap full-resolution layer, then a four-level encoder (1/2 ... 1/16) and a decoder back
-  to 1/2; the field is predicted at half resolution and upsampled (the field is smooth, so this
-  loses little and removes the costliest layers);
-- the encoder sees, besides the images, fixed per-voxel "demons" features of the image pyramid
-  (difference, gradient, optical-flow force and its normalised form; ``demons_features``) at
-  full resolution, 1/2, 1/4 and 1/8: with a CPU budget of a few thousand training iterations
-  a plain U-Net on (S, T) never left the identity map, with these it learns from the start;
-- after the U-Net, ``DemonsRefine``: unrolled demons iterations (warp, force, Gaussian
-  smoothing) at 1/4 and 1/2 resolution that start from the U-Net's field, with learned step
-  sizes; trained end to end with the U-Net. In the shipped model this part does all of the
-  registration (the evaluation's ablation: the U-Net alone leaves Dice unchanged);
+Design (sized for a 2-core CPU: one pass on 80x96x80 well under a second in ONNX Runtime):
+- both images are first brought to a local contrast, (I - G*I) / sqrt(G*(I - G*I)^2 + eps)
+  with a fixed Gaussian G (``local_normalize``): this removes the smooth bias fields and most
+  of the gamma / contrast differences between the two scans, which otherwise break any
+  intensity-difference (SSD) force. Measured on 8 validation pairs with classical demons:
+  Dice 0.486 -> 0.582 without it, 0.486 -> 0.807 with it (TRAINING.md);
+- ``DemonsRefine``: unrolled diffeomorphic-demons-like iterations (warp, ESM force, Gaussian
+  smoothing of the field) at 1/8, 1/4 and 1/2 resolution from the identity, with learned step
+  sizes and force normalisation per level;
+- then the U-Net (one full-resolution layer, an encoder to 1/16, a decoder back to 1/2) sees
+  the normalised source warped by that field and the normalised target, plus fixed per-voxel
+  "demons" features of their pyramid (``demons_features``), and predicts a residual field r at
+  half resolution (initialised near zero); the output is the composition r + u(x + r), so the
+  U-Net learns what the demons stage gets wrong instead of the whole deformation;
 - channel dropout in the bottleneck and decoder: inactive in the deterministic graph, sampled
   in the stochastic one (``McDropout`` draws its mask with ``torch.rand_like`` so that the ONNX
   export carries a RandomUniformLike node that samples at every run).
@@ -102,6 +103,36 @@ def _smooth(u: torch.Tensor, kernels: tuple[torch.Tensor, torch.Tensor, torch.Te
     return u
 
 
+def _blur1(x: torch.Tensor, k: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Separable Gaussian of a one-channel (B, 1, D, H, W) volume, replicate borders."""
+    r = (k[0].shape[2] - 1) // 2
+    x = F.conv3d(F.pad(x, (0, 0, 0, 0, r, r), mode="replicate"), k[0])
+    x = F.conv3d(F.pad(x, (0, 0, r, r, 0, 0), mode="replicate"), k[1])
+    return F.conv3d(F.pad(x, (r, r, 0, 0, 0, 0), mode="replicate"), k[2])
+
+
+class LocalNormalize(nn.Module):
+    """Local contrast (I - G*I) / sqrt(G*(I - G*I)^2 + eps), scaled by 1/4 to about [-1, 1].
+
+    Fixed arithmetic, no weights: a smooth multiplicative bias or a monotone intensity change
+    is close to affine within the Gaussian's reach, and this removes a local affine change.
+    """
+
+    def __init__(self, sigma: float = 3.0, eps: float = 1e-2) -> None:
+        super().__init__()
+        k = _gauss_kernel(sigma)
+        n = k.numel()
+        self.eps = float(eps)
+        self.register_buffer("k_i", k.view(1, 1, n, 1, 1).clone(), persistent=False)
+        self.register_buffer("k_j", k.view(1, 1, 1, n, 1).clone(), persistent=False)
+        self.register_buffer("k_k", k.view(1, 1, 1, 1, n).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = (self.k_i, self.k_j, self.k_k)
+        c = x - _blur1(x, k)
+        return 0.25 * c * torch.rsqrt(_blur1(c * c, k) + self.eps)
+
+
 def _base_grid(shape, device) -> torch.Tensor:
     """(1, D, H, W, 3) identity in grid_sample's normalised (x, y, z) order, align-corners."""
     axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
@@ -109,7 +140,8 @@ def _base_grid(shape, device) -> torch.Tensor:
 
 
 def _warp(vol: torch.Tensor, u: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """vol(x + u(x)) for (B, 1, D, H, W) and voxel displacement (B, 3, D, H, W), border."""
+    """vol(x + u(x)) for (B, C, D, H, W) and a voxel displacement (B, 3, D, H, W) on the same
+    grid, border padding."""
     shape = u.shape[2:]
     scale = torch.tensor([2.0 / (int(n) - 1) for n in shape][::-1], device=u.device)
     grid = base + u.flip(1).permute(0, 2, 3, 4, 1) * scale
@@ -145,14 +177,17 @@ class DemonsRefine(nn.Module):
         self.tau = nn.Parameter(torch.full((n,), 0.5413))    # softplus -> 1.0
         self.alpha = nn.Parameter(torch.full((n,), 0.5413))  # softplus -> 1.0
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-        """``half``: initial field at 1/2 resolution in full-resolution voxels; returns the
-        refined field at 1/2 resolution in full-resolution voxels."""
+    def forward(self, source: torch.Tensor, target: torch.Tensor,
+                half: torch.Tensor | None = None) -> torch.Tensor:
+        """``half``: initial field at 1/2 resolution in full-resolution voxels (None: the
+        identity); returns the field at the last level's resolution in full-resolution voxels."""
         u = None
         for li, f in enumerate(self.levels):
-            s = F.avg_pool3d(source, f)
-            t = F.avg_pool3d(target, f)
-            if u is None:  # from the network's field
+            s = F.avg_pool3d(source, f) if f > 1 else source
+            t = F.avg_pool3d(target, f) if f > 1 else target
+            if u is None and half is None:
+                u = torch.cat([0.0 * t] * 3, dim=1)  # zeros shaped by the input (dynamic batch)
+            elif u is None:  # from a given field
                 u = F.avg_pool3d(half, f // 2) / f if f > 2 else half / f
             else:          # from the coarser level
                 u = 2.0 * F.interpolate(u, scale_factor=2.0, mode="trilinear", align_corners=False)
@@ -180,11 +215,14 @@ class RegNet(nn.Module):
     def __init__(self, full: int = 8, enc: tuple[int, ...] = (16, 32, 32, 32),
                  dec: tuple[int, ...] = (32, 32, 32), head: int = 16,
                  dropout: float = 0.1, flow_init: float = 1e-5, refine_steps: int = 20,
-                 refine_levels: tuple[int, ...] = (8, 4, 2), refine_sigma: float = 2.0) -> None:
+                 refine_levels: tuple[int, ...] = (8, 4, 2), refine_sigma: float = 2.0,
+                 norm_sigma: float = 3.0, norm_eps: float = 1e-2) -> None:
         super().__init__()
         self.config = {"full": full, "enc": list(enc), "dec": list(dec), "head": head,
                        "dropout": dropout, "flow_init": flow_init, "refine_steps": refine_steps,
-                       "refine_levels": list(refine_levels), "refine_sigma": refine_sigma}
+                       "refine_levels": list(refine_levels), "refine_sigma": refine_sigma,
+                       "norm_sigma": norm_sigma, "norm_eps": norm_eps}
+        self.normalize = LocalNormalize(norm_sigma, norm_eps)
         self.refine = (DemonsRefine(tuple(refine_levels), refine_steps, refine_sigma)
                        if refine_steps > 0 else None)
         # Encoder: full resolution, then 1/2 ... 1/16. Levels 1/2, 1/4 and 1/8 also receive
@@ -229,7 +267,24 @@ class RegNet(nn.Module):
     def forward_half(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The displacement at half resolution (in full-resolution voxels); training uses it
         directly because its loss is computed at half resolution."""
-        s, t = source, target
+        s, t = self.normalize(source), self.normalize(target)
+        u = None
+        if self.refine is not None:
+            u = self.refine(s, t)
+            if self.refine.levels[-1] != 2:  # bring the demons field to half resolution
+                u = F.interpolate(u, size=[n // 2 for n in t.shape[2:]], mode="trilinear",
+                                  align_corners=False)
+            full = F.interpolate(u, scale_factor=2.0, mode="trilinear", align_corners=False)
+            s = _warp(s, full, _base_grid(t.shape[2:], t.device) + 0.0 * t[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1))
+        r = self.unet(s, t)
+        if u is None:
+            return r
+        # composition: x -> x + r(x) -> + u(x + r(x)); r / 2 in half-resolution voxels
+        half_base = _base_grid(r.shape[2:], r.device) + 0.0 * r[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1)
+        return r + _warp(u, r / 2.0, half_base)
+
+    def unet(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Residual field at half resolution (full-resolution voxels) for normalised images."""
         x = self.stem(demons_features(s, t))
         skips = []
         for i, layer in enumerate(self.down):
@@ -243,11 +298,7 @@ class RegNet(nn.Module):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = layer(torch.cat([x, skips[-1 - i]], dim=1))
             x = self.drop[i + 1](x)
-        x = self.head(x)
-        half = self.flow(x)
-        if self.refine is not None:
-            half = self.refine(source, target, half)
-        return half
+        return self.flow(self.head(x))
 
 
 def build(config: dict | None = None) -> RegNet:

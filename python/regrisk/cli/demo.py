@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
           f"{res.seconds:.1f} s")
     print(f"  sigma in the brain: mean {res.sigma_brain_mean_mm:.2f} mm, "
           f"95th percentile {res.sigma_brain_p95_mm:.2f} mm")
+    b, a = res.dice_before, res.dice_after
+    print(f"  tissue Dice, Colin27 labels moved onto MNI152's: {b['mean']:.3f} -> {a['mean']:.3f} "
+          f"(CSF {b['csf']:.2f} -> {a['csf']:.2f}, GM {b['grey_matter']:.2f} -> "
+          f"{a['grey_matter']:.2f}, WM {b['white_matter']:.2f} -> {a['white_matter']:.2f})")
     print(f"  wrote {len(res.files)} files to {res.out.resolve()}:")
     for name in res.files:
         print(f"    {res.out / name}")
