@@ -6,7 +6,8 @@
 Reproducible: iteration n draws its pair from a generator seeded with (seed, n), the network is
 initialised from ``seed``, and a checkpoint (model, optimiser, iteration, log, accumulated wall
 time) is written atomically every ``--every`` iterations and at the end, so a stopped run resumes
-where it stopped (``--resume``) and draws the same pairs it would have drawn.
+where it stopped (``--resume``) and draws the same pairs and dropout masks it would have drawn
+(the global random state travels in the checkpoint).
 
 Loss (SynthMorph): 1 - soft Dice between the source label map warped by the predicted
 displacement and the target label map, plus ``--lam`` times the mean squared spatial gradient of
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, nargs=3, default=[64, 64, 64],
                     help="training grid (random crops of the templates; multiples of 16). "
                     "The network is fully convolutional, so it runs on the 80x96x80 model grid")
+    ap.add_argument("--p-template", type=float, default=synth.SynthConfig.p_template,
+                    help="share of pairs drawn from the brain templates (needs nilearn and "
+                    "Debian's mricron-data); 0: random label maps only")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--time-limit", type=float, default=0.0,
                     help="stop (with a checkpoint) after this many seconds of this session")
@@ -200,20 +204,27 @@ def main(argv: list[str] | None = None) -> int:
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optim"])
         start, log, val, wall = ck["iter"], ck["log"], ck["val"], ck["wall_s"]
+        if "rng" in ck:  # dropout masks continue the stream they would have drawn
+            torch.set_rng_state(ck["rng"])
+            if device.type == "cuda" and ck.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ck["cuda_rng"], device)
         print(f"resumed at iteration {start} ({wall:.0f} s trained so far)", flush=True)
 
     crop = tuple(args.crop)
     # affine centres jittered so that crops see the full model grid's displacement statistics
     jitter = tuple(max(0.0, (n - m) / 2.0) for n, m in zip(synth.SynthConfig().grid, crop))
-    gen = synth.Synth(args.seed, synth.SynthConfig(grid=crop, centre_jitter=jitter), device=device)
-    valgen = synth.Synth(VAL_SEED, device=device)  # the full model grid
+    gen = synth.Synth(args.seed, synth.SynthConfig(grid=crop, centre_jitter=jitter,
+                                                   p_template=args.p_template), device=device)
+    # validation on the full model grid
+    valgen = synth.Synth(VAL_SEED, synth.SynthConfig(p_template=args.p_template), device=device)
     net.train()
     t_session = time.time()
 
     def checkpoint(it: int) -> None:
         state = {"model": net.state_dict(), "optim": opt.state_dict(), "iter": it, "log": log,
                  "val": val, "wall_s": wall, "config": net.config, "args": vars(args) | {"out": str(args.out)},
-                 "hardware": hardware(device)}
+                 "hardware": hardware(device), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         atomic_save(state, ckpt_path)
         summary = {k: state[k] for k in ("iter", "wall_s", "config", "hardware")}
         summary |= {"seed": args.seed, "lr": args.lr, "lam": args.lam, "sup": args.sup,
