@@ -48,6 +48,15 @@ def test_local_normalize_removes_a_smooth_gain_and_offset():
     np.testing.assert_allclose(norm(3.0 * x + 0.5).numpy(), norm(x).numpy(), atol=2e-3)
 
 
+def test_identity_grid_matches_linspace():
+    like = torch.zeros(2, 1, 5, 7, 4)
+    axes = [torch.linspace(-1.0, 1.0, n) for n in like.shape[2:]]
+    ref = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
+    got = network._base_grid(like)
+    assert got.shape == (1, 5, 7, 4, 3)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
 def test_demons_stage_recovers_a_translation():
     """Fixed arithmetic before any training: a blob moved by 1.5 voxels is found again."""
     torch.manual_seed(0)
@@ -57,7 +66,7 @@ def test_demons_stage_recovers_a_translation():
     blob = lambda centre: torch.exp(-((idx - centre) ** 2).sum(0) / 40.0)[None, None]  # noqa: E731
     shift = torch.tensor([1.5, -1.0, 0.5]).view(3, 1, 1, 1)
     source, target = blob(c), blob(c - shift)  # S(x + shift) = T(x)
-    refine = network.DemonsRefine(levels=(4, 2), steps=30, sigma=2.0, grid=GRID)
+    refine = network.DemonsRefine(levels=(4, 2), steps=30, sigma=2.0)
     with torch.no_grad():
         u = refine(source, target)
     u = torch.nn.functional.interpolate(u, scale_factor=2.0, mode="trilinear",

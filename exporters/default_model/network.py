@@ -133,10 +133,18 @@ class LocalNormalize(nn.Module):
         return 0.25 * c * torch.rsqrt(_blur1(c * c, k) + self.eps)
 
 
-def _base_grid(shape, device) -> torch.Tensor:
-    """(1, D, H, W, 3) identity in grid_sample's normalised (x, y, z) order, align-corners."""
-    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+def _base_grid(like: torch.Tensor) -> torch.Tensor:
+    """(1, D, H, W, 3) identity in grid_sample's normalised (x, y, z) order, align-corners, for
+    the grid of ``like`` (B, C, D, H, W).
+
+    Built from the input by cumulative sums, not ``linspace``: the ONNX export then computes it
+    at run time instead of storing a constant of 3 floats per voxel (7 MB at 80x96x80), and the
+    graph runs on any grid.
+    """
+    ones = torch.ones_like(like[:1, :1])
+    axes = [ones.cumsum(d) - 1.0 for d in (4, 3, 2)]  # k, j, i: torch's x, y, z
+    axes = [2.0 * a / a.amax().clamp_min(1.0) - 1.0 for a in axes]
+    return torch.cat(axes, dim=1).permute(0, 2, 3, 4, 1)
 
 
 def _warp(vol: torch.Tensor, u: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -157,14 +165,9 @@ class DemonsRefine(nn.Module):
     field (diffusion regularisation). tau and alpha are learned per level (softplus).
     """
 
-    def __init__(self, levels: tuple[int, ...] = (8, 4, 2), steps: int = 20, sigma: float = 2.0,
-                 grid: tuple[int, int, int] = (80, 96, 80)) -> None:
+    def __init__(self, levels: tuple[int, ...] = (8, 4, 2), steps: int = 20,
+                 sigma: float = 2.0) -> None:
         super().__init__()
-        # identity grids of the model grid's levels as buffers: the ONNX graph then stores each
-        # once (a traced constant would be copied into every iteration that uses it)
-        self.bases = [f"base_{f}" for f in levels]
-        for f, name in zip(levels, self.bases):
-            self.register_buffer(name, _base_grid([n // f for n in grid], None), persistent=False)
         self.levels = tuple(levels)
         self.steps = int(steps)
         k = _gauss_kernel(sigma)
@@ -194,12 +197,7 @@ class DemonsRefine(nn.Module):
             tau = F.softplus(self.tau[li])
             alpha = F.softplus(self.alpha[li])
             gt = _grad(t)
-            base = getattr(self, self.bases[li])
-            if tuple(base.shape[1:4]) != tuple(t.shape[2:]):  # training crops
-                base = _base_grid(t.shape[2:], t.device)
-            # tie the grid to the input once per level: a traced constant is otherwise copied
-            # into the ONNX graph at every one of its uses
-            base = base + 0.0 * t[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1)
+            base = _base_grid(t)
             for _ in range(self.steps):
                 sw = _warp(s, u, base)
                 d = sw - t
@@ -275,13 +273,12 @@ class RegNet(nn.Module):
                 u = F.interpolate(u, size=[n // 2 for n in t.shape[2:]], mode="trilinear",
                                   align_corners=False)
             full = F.interpolate(u, scale_factor=2.0, mode="trilinear", align_corners=False)
-            s = _warp(s, full, _base_grid(t.shape[2:], t.device) + 0.0 * t[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1))
+            s = _warp(s, full, _base_grid(t))
         r = self.unet(s, t)
         if u is None:
             return r
         # composition: x -> x + r(x) -> + u(x + r(x)); r / 2 in half-resolution voxels
-        half_base = _base_grid(r.shape[2:], r.device) + 0.0 * r[:1, :1, :1, :1, :1].reshape(1, 1, 1, 1, 1)
-        return r + _warp(u, r / 2.0, half_base)
+        return r + _warp(u, r / 2.0, _base_grid(r))
 
     def unet(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Residual field at half resolution (full-resolution voxels) for normalised images."""
