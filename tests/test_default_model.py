@@ -130,8 +130,9 @@ def test_registers_a_known_deformation(det):
 
     Independent reason: the target is built from the source with scipy and an analytic
     displacement u_gt, so (a) the source labels pulled back through the prediction must
-    overlap the target labels better than before and (b) the prediction must be closer to
-    u_gt than the identity is.
+    overlap the target labels by at least the project's bar for the default model (Dice +0.15)
+    better than before and (b) the prediction must be at least twice as close to u_gt as the
+    identity is.
     """
     img = np.asarray(nib.load(str(_pkg("data", "colin27_t1.nii.gz"))).dataobj, dtype=np.float32)
     lab = np.asarray(nib.load(str(_pkg("data", "colin27_labels.nii.gz"))).dataobj)
@@ -148,8 +149,8 @@ def test_registers_a_known_deformation(det):
     u = det.run(None, {"source": _minmax(img)[None, None], "target": _minmax(tgt)[None, None]})[0][0]
     moved = map_coordinates(lab, (idx + u).reshape(3, -1), order=0, mode="constant").reshape(GRID)
     before, after = _dice(lab, tgt_lab), _dice(moved, tgt_lab)
-    assert after > before + 0.05, (before, after)
+    assert after > before + 0.15, (before, after)
     brain = tgt_lab > 0
     err_before = np.linalg.norm(u_gt, axis=0)[brain].mean()
     err_after = np.linalg.norm(u - u_gt, axis=0)[brain].mean()
-    assert err_after < 0.7 * err_before, (err_before, err_after)
+    assert err_after < 0.5 * err_before, (err_before, err_after)
