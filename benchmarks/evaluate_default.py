@@ -7,7 +7,7 @@ consistency, MC dropout, random) and the sample efficiency on the first case of 
 listed in ``--convergence-kinds``, then writes the raw outputs to ``--out`` and the report to
 ``--report`` (tables, the paper's figures beside them, plain verdicts).
 
-    nice -n 10 python benchmarks/evaluate_default.py            # the committed report
+    python benchmarks/evaluate_default.py --samples 50 --repeats 2   # the committed report
     python benchmarks/evaluate_default.py --repeats 1 --samples 4 --convergence-samples 4,8 \
         --out /tmp/ev --report /tmp/EVALUATION.md                 # a quick look
 
@@ -168,7 +168,9 @@ def write_report(path: Path, args: argparse.Namespace, model_desc: str, pair: tu
     plots = sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
     cases = {(r["ground_truth"], r["repeat"], r["base"]) for r in rows}
     per_kind = {k: sum(1 for c in cases if c[0] == k) for k in dict.fromkeys(r["ground_truth"] for r in rows)}
-    cmd = "nice -n 10 python benchmarks/evaluate_default.py " + " ".join(args.argv)
+    niceness = os.nice(0)  # the command as it was run, not as it is usually run
+    cmd = (f"nice -n {niceness} " if niceness else "") + "python benchmarks/evaluate_default.py " \
+        + " ".join(args.argv)
     text = [
         "# Evaluation: does the uncertainty track the real error?", "",
         "The paper's protocol (Tian, Hu & Iglesias, arXiv 2509.23355) run by "
@@ -177,7 +179,8 @@ def write_report(path: Path, args: argparse.Namespace, model_desc: str, pair: tu
         f"plots) in [`{rel}/`]({rel}/).", "",
         "## Setup", "",
         f"- Command: `{cmd.strip()}`",
-        f"- Machine: {os.cpu_count()}-core CPU ({_cpu()}), shared with other jobs; no GPU. "
+        f"- Machine: {os.cpu_count()}-core CPU ({_cpu()}), load average {args.load_at_start:.1f} at "
+        "the start; no GPU. "
         f"Wall time of this run: {wall / 60:.1f} min. Commit {_git()}, "
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
         f"- Model: {model_desc}.",
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(raw)
     args.argv = raw
+    args.load_at_start = os.getloadavg()[0]
     args.perturbation = tuple(s for s in args.perturbation.split(";") if s)
     args.convergence_samples = tuple(int(k) for k in args.convergence_samples.split(",") if k)
     args.convergence_kinds = tuple(k for k in args.convergence_kinds.split(",") if k)
