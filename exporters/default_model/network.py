@@ -93,22 +93,23 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def _register_gauss(module: nn.Module, sigma: float, channels: int) -> None:
+    """Fixed-shape depthwise Gaussian kernels along i, j, k as buffers ``k_i``, ``k_j``, ``k_k``
+    of shape (channels, 1, ...): not weights, so not in the state dict."""
+    k = _gauss_kernel(sigma)
+    n = k.numel()
+    for name, shape in (("k_i", (1, 1, n, 1, 1)), ("k_j", (1, 1, 1, n, 1)), ("k_k", (1, 1, 1, 1, n))):
+        module.register_buffer(name, k.view(shape).repeat(channels, 1, 1, 1, 1), persistent=False)
+
+
 def _smooth(u: torch.Tensor, kernels: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Separable Gaussian of a (B, 3, D, H, W) field, replicate borders; ``kernels`` are the
-    three (3, 1, ...) depthwise kernels along i, j, k."""
+    """Separable Gaussian of a (B, C, D, H, W) volume, replicate borders; ``kernels`` are the
+    three (C, 1, ...) depthwise kernels along i, j, k (``_register_gauss``)."""
     r = (kernels[0].shape[2] - 1) // 2
-    u = F.conv3d(F.pad(u, (0, 0, 0, 0, r, r), mode="replicate"), kernels[0], groups=3)
-    u = F.conv3d(F.pad(u, (0, 0, r, r, 0, 0), mode="replicate"), kernels[1], groups=3)
-    u = F.conv3d(F.pad(u, (r, r, 0, 0, 0, 0), mode="replicate"), kernels[2], groups=3)
-    return u
-
-
-def _blur1(x: torch.Tensor, k: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Separable Gaussian of a one-channel (B, 1, D, H, W) volume, replicate borders."""
-    r = (k[0].shape[2] - 1) // 2
-    x = F.conv3d(F.pad(x, (0, 0, 0, 0, r, r), mode="replicate"), k[0])
-    x = F.conv3d(F.pad(x, (0, 0, r, r, 0, 0), mode="replicate"), k[1])
-    return F.conv3d(F.pad(x, (r, r, 0, 0, 0, 0), mode="replicate"), k[2])
+    c = kernels[0].shape[0]
+    u = F.conv3d(F.pad(u, (0, 0, 0, 0, r, r), mode="replicate"), kernels[0], groups=c)
+    u = F.conv3d(F.pad(u, (0, 0, r, r, 0, 0), mode="replicate"), kernels[1], groups=c)
+    return F.conv3d(F.pad(u, (r, r, 0, 0, 0, 0), mode="replicate"), kernels[2], groups=c)
 
 
 class LocalNormalize(nn.Module):
@@ -120,17 +121,13 @@ class LocalNormalize(nn.Module):
 
     def __init__(self, sigma: float = 3.0, eps: float = 1e-2) -> None:
         super().__init__()
-        k = _gauss_kernel(sigma)
-        n = k.numel()
         self.eps = float(eps)
-        self.register_buffer("k_i", k.view(1, 1, n, 1, 1).clone(), persistent=False)
-        self.register_buffer("k_j", k.view(1, 1, 1, n, 1).clone(), persistent=False)
-        self.register_buffer("k_k", k.view(1, 1, 1, 1, n).clone(), persistent=False)
+        _register_gauss(self, sigma, channels=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = (self.k_i, self.k_j, self.k_k)
-        c = x - _blur1(x, k)
-        return 0.25 * c * torch.rsqrt(_blur1(c * c, k) + self.eps)
+        c = x - _smooth(x, k)
+        return 0.25 * c * torch.rsqrt(_smooth(c * c, k) + self.eps)
 
 
 def _base_grid(like: torch.Tensor) -> torch.Tensor:
@@ -170,28 +167,20 @@ class DemonsRefine(nn.Module):
         super().__init__()
         self.levels = tuple(levels)
         self.steps = int(steps)
-        k = _gauss_kernel(sigma)
-        n = k.numel()
-        # fixed-shape depthwise kernels (buffers, not weights: not in the state dict)
-        self.register_buffer("k_i", k.view(1, 1, n, 1, 1).repeat(3, 1, 1, 1, 1), persistent=False)
-        self.register_buffer("k_j", k.view(1, 1, 1, n, 1).repeat(3, 1, 1, 1, 1), persistent=False)
-        self.register_buffer("k_k", k.view(1, 1, 1, 1, n).repeat(3, 1, 1, 1, 1), persistent=False)
+        _register_gauss(self, sigma, channels=3)
         n = len(self.levels)
         self.tau = nn.Parameter(torch.full((n,), 0.5413))    # softplus -> 1.0
         self.alpha = nn.Parameter(torch.full((n,), 0.5413))  # softplus -> 1.0
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor,
-                half: torch.Tensor | None = None) -> torch.Tensor:
-        """``half``: initial field at 1/2 resolution in full-resolution voxels (None: the
-        identity); returns the field at the last level's resolution in full-resolution voxels."""
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """From the identity; returns the field at the last level's resolution in
+        full-resolution voxels."""
         u = None
         for li, f in enumerate(self.levels):
             s = F.avg_pool3d(source, f) if f > 1 else source
             t = F.avg_pool3d(target, f) if f > 1 else target
-            if u is None and half is None:
-                u = torch.cat([0.0 * t] * 3, dim=1)  # zeros shaped by the input (dynamic batch)
-            elif u is None:  # from a given field
-                u = F.avg_pool3d(half, f // 2) / f if f > 2 else half / f
+            if u is None:  # zeros shaped by the input (dynamic batch)
+                u = torch.cat([0.0 * t] * 3, dim=1)
             else:          # from the coarser level
                 u = 2.0 * F.interpolate(u, scale_factor=2.0, mode="trilinear", align_corners=False)
             tau = F.softplus(self.tau[li])
