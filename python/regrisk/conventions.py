@@ -26,18 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import array_module, identity_grid  # identity_grid: also imported from here
 from .card import ModelCard, Output
-from .errors import InputError
+from .errors import CardError, InputError, ModelError
 
 Array = Any
-
-
-def _xp(a: Array) -> Any:
-    if type(a).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def unit_scale_offset(units: str, align_corners: bool, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,23 +42,7 @@ def unit_scale_offset(units: str, align_corners: bool, n: np.ndarray) -> tuple[n
         return (1 / (n - 1), np.zeros(3)) if align_corners else (1 / n, 0.5 / n)
     if units == "normalized":
         return (2 / (n - 1), -np.ones(3)) if align_corners else (2 / n, 1 / n - 1)
-    raise ValueError(f"unknown units {units!r}")
-
-
-_IDENTITY_CACHE: dict[tuple[str, tuple[int, ...]], Array] = {}
-
-
-def identity_grid(shape: tuple[int, int, int], xp: Any = np) -> Array:
-    """(3, D, H, W) voxel coordinates, float32 (cached per shape and module)."""
-    key = (xp.__name__, tuple(shape))
-    grid = _IDENTITY_CACHE.get(key)
-    if grid is None:
-        axes = [xp.arange(n, dtype=xp.float32) for n in shape]
-        grid = xp.stack(xp.meshgrid(*axes, indexing="ij"))
-        if len(_IDENTITY_CACHE) > 8:
-            _IDENTITY_CACHE.clear()
-        _IDENTITY_CACHE[key] = grid
-    return grid
+    raise CardError(f"model card: unknown units {units!r}")
 
 
 def _per_channel(values: np.ndarray, xp: Any) -> Array:
@@ -80,14 +57,14 @@ def is_canonical(out: Output) -> bool:
 
 def to_canonical(raw: Array, out: Output, grid: tuple[int, int, int]) -> Array:
     """The graph's output ``raw`` (batched, in the card's convention) -> canonical (B,3,D,H,W)."""
-    xp = _xp(raw)
+    xp = array_module(raw)
     a = raw
     if a.ndim != 5:
-        raise ValueError(f"model output has {a.ndim} dimensions, expected 5 (batched 3-D field)")
+        raise ModelError(f"model output has {a.ndim} dimensions, expected 5 (batched 3-D field)")
     if out.channel_axis == "last":
         a = xp.moveaxis(a, -1, 1)
     if a.shape[1] != 3 or tuple(a.shape[2:]) != tuple(grid):
-        raise ValueError(f"model output shape {tuple(raw.shape)} does not match the card "
+        raise ModelError(f"model output shape {tuple(raw.shape)} does not match the card "
                          f"(3 channels {out.channel_axis}, grid {tuple(grid)})")
     if is_canonical(out):
         # Already canonical: no copy (the engine only reads the field).
@@ -111,7 +88,7 @@ def to_canonical(raw: Array, out: Output, grid: tuple[int, int, int]) -> Array:
 def from_canonical(u: Array, out: Output, grid: tuple[int, int, int]) -> Array:
     """Inverse of :func:`to_canonical` (velocity: the field that integrates to ``u`` is not
     computed; ``u`` must then be a velocity already). Used by tests and exporters."""
-    xp = _xp(u)
+    xp = array_module(u)
     a = xp.array(u, dtype=xp.float32, copy=True)
     scale, offset = unit_scale_offset(out.units, out.align_corners, np.asarray(grid))
     if out.kind == "map":
@@ -144,7 +121,7 @@ def integrate_velocity(v: Array, steps: int, padding: str = "zeros") -> Array:
 
 def preprocess(volume: Array, card: ModelCard, role: str = "image") -> Array:
     """Apply the card's intensity preprocessing to one (D, H, W) volume (float32 copy)."""
-    xp = _xp(volume)
+    xp = array_module(volume)
     p = card.preprocess
     v = xp.asarray(volume, dtype=xp.float32)
     if p.method == "none":

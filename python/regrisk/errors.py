@@ -26,3 +26,19 @@ class OutputError(RegriskError):
 
 class BudgetError(RegriskError):
     """The run would need more memory than the budget allows; refused before starting."""
+
+
+class EvaluationError(RegriskError, RuntimeError):
+    """The evaluation protocol could not build a case (e.g. no non-folding ground truth)."""
+
+
+def first_line(exc: BaseException, *, typed: bool = False, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its type name when the message is empty), at most
+    ``limit`` characters; ``typed`` prefixes the type name. Foreign libraries (nibabel, ONNX
+    Runtime, torch) raise multi-line messages that must fit in one CLI line."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    name = type(exc).__name__
+    if not line:
+        return name
+    return f"{name}: {line}" if typed else line

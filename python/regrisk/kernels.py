@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from .arrays import is_cupy
 
 __all__ = [
     "warp",
@@ -42,8 +43,7 @@ _MODES = ("fill", "border")
 # --- dispatch -------------------------------------------------------------------------------
 
 
-def _is_cupy(a: Any) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
+_is_cupy = is_cupy  # the one array-module test lives in regrisk.arrays
 
 
 def _backend(name: str, a: Any) -> tuple[ModuleType, ModuleType]:
