@@ -179,7 +179,7 @@ def main() -> None:
     est = Estimator(path, threads=threads, batch=args.batch)
     est.estimate(source, target, samples=2, perturbation="translation", seed=1)  # warm-up
     draws = perturbations.parse(args.perturbation).draw(
-        args.samples, (args.size,) * 3, source[1][:3, :3], np.random.default_rng(0))
+        args.samples, (args.size,) * 3, source[1][:3, :3], np.random.default_rng(0)).sample_order()
     S = (source[0] - source[0].min()) / (source[0].max() - source[0].min())
     T = (target[0] - target[0].min()) / (target[0].max() - target[0].min())
     if not args.skip_baseline:

@@ -268,7 +268,7 @@ def cpu_check(grid: tuple[int, int, int] = (32, 32, 48), K: int = 8) -> float:
     with torch.no_grad():  # a visible flow, so that sigma is not ~0 everywhere
         net.flow.weight.normal_(0.0, 0.05)
     S_np, T_np = synthetic_pair(grid)
-    draws = perturbations.parse("paper").draw(K, grid, np.eye(3), np.random.default_rng(0))
+    draws = perturbations.parse("paper").draw(K, grid, np.eye(3), np.random.default_rng(0)).sample_order()
     S, T = torch.as_tensor(S_np)[None, None], torch.as_tensor(T_np)[None, None]
     ref = PlainTorch(net, grid, torch.device("cpu")).run(S, T, draws, 4, None)
     res = Estimator(net, device="cpu", batch=4, backend="torch").estimate(
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     S = torch.as_tensor(S_np, device=dev)[None, None]
     T = torch.as_tensor(T_np, device=dev)[None, None]
     seed = 0
-    draws = perturbations.parse("paper").draw(K, grid, np.eye(3), np.random.default_rng(seed))
+    draws = perturbations.parse("paper").draw(K, grid, np.eye(3), np.random.default_rng(seed)).sample_order()
     print(f"device: {name}; grid {'x'.join(map(str, grid))}; K={K}; micro-batch {B}; "
           f"torch {torch.__version__}; network params "
           f"{sum(p.numel() for p in net.parameters())}")

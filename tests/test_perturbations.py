@@ -13,7 +13,7 @@ C = (np.array(SHAPE) - 1) / 2
 
 
 def draw(spec, n=64, seed=0, sobol=False, M=M):
-    return P.parse(spec).draw(n, SHAPE, M, np.random.default_rng(seed), sobol)
+    return P.parse(spec).draw(n, SHAPE, M, np.random.default_rng(seed), sobol).sample_order()
 
 
 def _mm_linear(A):
@@ -128,3 +128,22 @@ def test_seeded_reproducible_and_sobol_is_more_uniform():
 def test_bad_specs(spec, match):
     with pytest.raises(P.PerturbationError, match=match):
         P.parse(spec)
+
+
+def test_draw_returns_one_homogeneous_block_per_family_in_round_robin_positions():
+    ds = P.parse("translation+bspline(count=5)+scale").draw(10, SHAPE, M, np.random.default_rng(0))
+    assert [b.family for b in ds.blocks] == ["translation", "bspline", "scale"]
+    for f, b in enumerate(ds.blocks):
+        np.testing.assert_array_equal(b.index, np.arange(f, 10, 3))  # sample k -> family k mod 3
+        assert (b.control is not None) == (b.family == "bspline") == b.dense
+        assert (b.affine is None) == b.dense
+    assert ds.blocks[1].control.shape == (3, 3, 5, 5, 5)
+    assert ds.family_counts() == {"translation": 4, "bspline": 3, "scale": 3}
+    # the per-sample view puts every block row back at its own sample position
+    order = ds.sample_order()
+    np.testing.assert_array_equal(order.affine[3], ds.blocks[0].affine[1])
+    np.testing.assert_array_equal(order.control[4], ds.blocks[1].control[1])
+    assert order.control[0] is None and order.families[5] == "scale"
+    sub = ds.blocks[0].take(np.array([1, 3]))
+    np.testing.assert_array_equal(sub.index, [3, 9])
+    np.testing.assert_array_equal(sub.affine, ds.blocks[0].affine[[1, 3]])

@@ -24,6 +24,11 @@ bspline         cubic B-spline displacement; control values ~ U(-max, max) per c
 none            identity (K identical passes: MC dropout through a stochastic graph)
 ==============  ===========================================================================
 
+Drawing is separate from applying: ``Perturbation.draw`` returns a :class:`DrawSet` of
+homogeneous :class:`Block` s, one per family (affine matrices or B-spline control grids), which
+the engine batches as they are; ``DrawSet.sample_order`` gives the interleaved per-sample view.
+Each family class owns its parameters, their defaults and their spec parsing.
+
 The paper reports one map per family with N = 50 samples each. The ``paper`` preset gives a
 single map over the four paper families (translation, scale, shear, bspline): sample k draws
 from family k mod 4, so every family gets K/4 samples (stratified, not a random choice, which
@@ -42,7 +47,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -98,9 +103,32 @@ def parse_magnitude(text: str | float, name: str) -> Magnitude:
 # -- draws ------------------------------------------------------------------------------------
 
 @dataclass
+class Block:
+    """Draws of one family: sample indices ``index`` (positions k in the run), and either
+    ``affine`` (n, 3, 4) voxel pull-backs or ``control`` (n, 3, c0, c1, c2) B-spline grids."""
+
+    family: str
+    index: np.ndarray
+    affine: np.ndarray | None = None
+    control: np.ndarray | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.control is not None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, rows: np.ndarray) -> "Block":
+        """The sub-block of the given rows (a micro-batch)."""
+        pick = (lambda a: None if a is None else np.ascontiguousarray(a[rows]))
+        return Block(self.family, self.index[rows], pick(self.affine), pick(self.control))
+
+
+@dataclass
 class Draws:
-    """K drawn perturbations. ``affine[k]`` is the 3x4 voxel pull-back of sample k (identity for
-    dense ones); ``control[k]`` is its B-spline control grid (3, c, c, c) or None."""
+    """K drawn perturbations in sample order. ``affine[k]`` is the 3x4 voxel pull-back of sample
+    k (identity for dense ones); ``control[k]`` is its B-spline control grid or None."""
 
     families: list[str]
     affine: np.ndarray                     # (K, 3, 4) float32
@@ -112,6 +140,37 @@ class Draws:
     @property
     def dense(self) -> np.ndarray:
         return np.array([c is not None for c in self.control], dtype=bool)
+
+
+@dataclass
+class DrawSet:
+    """All draws of a run as homogeneous blocks, in family order."""
+
+    blocks: list[Block]
+    count: int
+
+    def family_names(self) -> list[str]:
+        return list(dict.fromkeys(b.family for b in self.blocks))
+
+    def family_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for b in self.blocks:
+            counts[b.family] = counts.get(b.family, 0) + len(b)
+        return counts
+
+    def sample_order(self) -> Draws:
+        """The per-sample view (sample k -> its family's draw), for scripts replaying draws."""
+        families = [""] * self.count
+        affine = np.tile(np.eye(3, 4, dtype=np.float32), (self.count, 1, 1))
+        control: list[np.ndarray | None] = [None] * self.count
+        for b in self.blocks:
+            for row, k in enumerate(b.index):
+                families[k] = b.family
+                if b.dense:
+                    control[k] = b.control[row]  # type: ignore[index]
+                else:
+                    affine[k] = b.affine[row]  # type: ignore[index]
+        return Draws(families, affine, control)
 
 
 def _centre_conjugate(L_mm: np.ndarray, t_vox: np.ndarray, shape: tuple[int, ...],
@@ -141,16 +200,64 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
 _OFFDIAG = [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
 
 
+def _shear_matrices(U: np.ndarray, max_value: float) -> np.ndarray:
+    """(n,3,3) I + S with the 6 off-diagonal entries ~ U(-max, max) from U (n, 6)."""
+    H = np.tile(np.eye(3), (len(U), 1, 1))
+    for j, (r, c) in enumerate(_OFFDIAG):
+        H[:, r, c] = (2 * U[:, j] - 1) * max_value
+    return H
+
+
+def _diagonal(s: np.ndarray) -> np.ndarray:
+    """(n,3,3) diagonal matrices from (n,3) factors."""
+    L = np.zeros((len(s), 3, 3))
+    for i in range(3):
+        L[:, i, i] = s[:, i]
+    return L
+
+
+def _num(v: str, name: str) -> float:
+    try:
+        x = float(v.removesuffix("deg"))
+    except ValueError:
+        raise PerturbationError(f"perturbation: {name}={v!r} is not a number") from None
+    if not math.isfinite(x):
+        raise PerturbationError(f"perturbation: {name} must be finite")
+    return x
+
+
+def _flag(v: str) -> bool:
+    return v.lower() in ("1", "true", "yes")
+
+
+def _scale_range(lo: float, hi: float, what: str) -> tuple[float, float]:
+    if not 0 < lo <= hi:
+        raise PerturbationError(f"perturbation: {what}")
+    return lo, hi
+
+
+# -- families ---------------------------------------------------------------------------------
+
 @dataclass
 class Family:
-    """Base: a family maps uniform numbers U (n, dims) in [0, 1) to n perturbations."""
+    """Base: a family maps uniform numbers U (n, dims) in [0, 1) to a block of n draws.
+    Subclasses set ``NAME`` and ``PARAMS`` (spec keys) and parse them in ``from_spec``."""
 
-    name: str = ""
+    NAME: ClassVar[str] = ""
+    PARAMS: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.NAME
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Family":
+        return cls()
 
     def dims(self, shape: tuple[int, ...]) -> int:
         raise NotImplementedError
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
@@ -159,28 +266,30 @@ class Family:
     def describe(self) -> dict[str, Any]:
         return {"family": self.name, **self.params()}
 
-    def _affine_draws(self, A: np.ndarray) -> Draws:
-        n = A.shape[0]
-        return Draws([self.name] * n, A.astype(np.float32), [None] * n)
+    def _affine_block(self, A: np.ndarray) -> Block:
+        return Block(self.name, np.arange(len(A)), affine=A.astype(np.float32))
 
 
 @dataclass
 class Identity(Family):
-    name: str = "none"
+    NAME: ClassVar[str] = "none"
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 1
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
-        n = U.shape[0]
-        A = np.tile(np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1), (n, 1, 1))
-        return self._affine_draws(A)
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
+        return self._affine_block(np.tile(np.eye(3, 4), (U.shape[0], 1, 1)))
 
 
 @dataclass
 class Translation(Family):
     max: Magnitude = field(default_factory=lambda: Magnitude(0.01, "fraction"))
-    name: str = "translation"
+    NAME: ClassVar[str] = "translation"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Translation":
+        return cls(max=parse_magnitude(kv["max"], "translation.max")) if "max" in kv else cls()
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3
@@ -192,9 +301,9 @@ class Translation(Family):
             return (np.linalg.inv(M) @ (u * self.max.value).T).T
         return u * self.max.voxels(shape, M)
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
         L = np.tile(np.eye(3), (len(U), 1, 1))
-        return self._affine_draws(_centre_conjugate(L, self.vectors(U, shape, M), shape, M))
+        return self._affine_block(_centre_conjugate(L, self.vectors(U, shape, M), shape, M))
 
     def params(self) -> dict[str, Any]:
         return {"max": self.max.to_json()}
@@ -203,14 +312,19 @@ class Translation(Family):
 @dataclass
 class Rotation(Family):
     max_deg: float = 5.0
-    name: str = "rotation"
+    NAME: ClassVar[str] = "rotation"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Rotation":
+        return cls(max_deg=_num(kv.get("max", "5"), "rotation.max"))
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
         R = _rotation((2 * U - 1) * self.max_deg)
-        return self._affine_draws(_centre_conjugate(R, np.zeros((len(U), 3)), shape, M))
+        return self._affine_block(_centre_conjugate(R, np.zeros((len(U), 3)), shape, M))
 
     def params(self) -> dict[str, Any]:
         return {"max": f"{self.max_deg:g}deg"}
@@ -221,7 +335,14 @@ class Scale(Family):
     min: float = 0.9
     max: float = 1.1
     per_axis: bool = False
-    name: str = "scale"
+    NAME: ClassVar[str] = "scale"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"min", "max", "per_axis"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Scale":
+        lo, hi = _scale_range(_num(kv.get("min", "0.9"), "scale.min"),
+                              _num(kv.get("max", "1.1"), "scale.max"), "scale needs 0 < min <= max")
+        return cls(min=lo, max=hi, per_axis=_flag(kv.get("per_axis", "0")))
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3 if self.per_axis else 1
@@ -230,12 +351,9 @@ class Scale(Family):
         s = self.min + U * (self.max - self.min)
         return s if self.per_axis else np.repeat(s[:, :1], 3, axis=1)
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
-        L = np.zeros((len(U), 3, 3))
-        s = self.factors(U)
-        for i in range(3):
-            L[:, i, i] = s[:, i]
-        return self._affine_draws(_centre_conjugate(L, np.zeros((len(U), 3)), shape, M))
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
+        L = _diagonal(self.factors(U))
+        return self._affine_block(_centre_conjugate(L, np.zeros((len(U), 3)), shape, M))
 
     def params(self) -> dict[str, Any]:
         return {"min": self.min, "max": self.max, "per_axis": self.per_axis}
@@ -244,16 +362,22 @@ class Scale(Family):
 @dataclass
 class Shear(Family):
     max: float = 0.02
-    name: str = "shear"
+    NAME: ClassVar[str] = "shear"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Shear":
+        m = _num(kv.get("max", "0.02"), "shear.max")
+        if not 0 <= m < 1:
+            raise PerturbationError("perturbation: shear.max must be in [0, 1)")
+        return cls(max=m)
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 6
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
-        L = np.tile(np.eye(3), (len(U), 1, 1))
-        for j, (r, c) in enumerate(_OFFDIAG):
-            L[:, r, c] = (2 * U[:, j] - 1) * self.max
-        return self._affine_draws(_centre_conjugate(L, np.zeros((len(U), 3)), shape, M))
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
+        L = _shear_matrices(U, self.max)
+        return self._affine_block(_centre_conjugate(L, np.zeros((len(U), 3)), shape, M))
 
     def params(self) -> dict[str, Any]:
         return {"max": self.max}
@@ -265,25 +389,36 @@ class Affine(Family):
     rotation: Rotation = field(default_factory=lambda: Rotation(max_deg=2.0))
     scale: Scale = field(default_factory=Scale)
     shear: Shear = field(default_factory=Shear)
-    name: str = "affine"
+    NAME: ClassVar[str] = "affine"
+    PARAMS: ClassVar[frozenset[str]] = frozenset(
+        {"translation", "rotation", "scale_min", "scale_max", "shear"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "Affine":
+        fam = cls()
+        if "translation" in kv:
+            fam.translation = Translation(max=parse_magnitude(kv["translation"], "affine.translation"))
+        if "rotation" in kv:
+            fam.rotation = Rotation(max_deg=_num(kv["rotation"], "affine.rotation"))
+        lo, hi = _scale_range(_num(kv.get("scale_min", "0.9"), "affine.scale_min"),
+                              _num(kv.get("scale_max", "1.1"), "affine.scale_max"),
+                              "affine needs 0 < scale_min <= scale_max")
+        fam.scale = Scale(min=lo, max=hi)
+        if "shear" in kv:
+            fam.shear = Shear(max=_num(kv["shear"], "affine.shear"))
+        return fam
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3 + 3 + self.scale.dims(shape) + 6
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
-        n = len(U)
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
         ns = self.scale.dims(shape)
         Ut, Ur, Us, Uh = U[:, :3], U[:, 3:6], U[:, 6:6 + ns], U[:, 6 + ns:]
         R = _rotation((2 * Ur - 1) * self.rotation.max_deg)
-        S = np.zeros((n, 3, 3))
-        s = self.scale.factors(Us)
-        for i in range(3):
-            S[:, i, i] = s[:, i]
-        H = np.tile(np.eye(3), (n, 1, 1))
-        for j, (r, c) in enumerate(_OFFDIAG):
-            H[:, r, c] = (2 * Uh[:, j] - 1) * self.shear.max
+        S = _diagonal(self.scale.factors(Us))
+        H = _shear_matrices(Uh, self.shear.max)
         t = self.translation.vectors(Ut, shape, M)
-        return self._affine_draws(_centre_conjugate(R @ S @ H, t, shape, M))
+        return self._affine_block(_centre_conjugate(R @ S @ H, t, shape, M))
 
     def params(self) -> dict[str, Any]:
         return {"translation": self.translation.params(), "rotation": self.rotation.params(),
@@ -295,7 +430,27 @@ class BSpline(Family):
     max: Magnitude = field(default_factory=lambda: Magnitude(12.5 / 175, "fraction"))
     count: int | None = 10
     spacing: float | None = None
-    name: str = "bspline"
+    NAME: ClassVar[str] = "bspline"
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"max", "count", "spacing"})
+
+    @classmethod
+    def from_spec(cls, kv: dict[str, str]) -> "BSpline":
+        fam = cls()
+        if "max" in kv:
+            fam.max = parse_magnitude(kv["max"], "bspline.max")
+        if "count" in kv and "spacing" in kv:
+            raise PerturbationError("perturbation: bspline takes count or spacing, not both")
+        if "count" in kv:
+            c = _num(kv["count"], "bspline.count")
+            if c != int(c) or c < 4:
+                raise PerturbationError("perturbation: bspline.count must be an integer >= 4")
+            fam.count = int(c)
+        if "spacing" in kv:
+            s = _num(kv["spacing"], "bspline.spacing")
+            if s <= 0:
+                raise PerturbationError("perturbation: bspline.spacing must be > 0 voxels")
+            fam.spacing, fam.count = s, None
+        return fam
 
     def control_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         if self.spacing is not None:
@@ -306,21 +461,33 @@ class BSpline(Family):
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3 * int(np.prod(self.control_shape(shape)))
 
-    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Draws:
+    def from_uniform(self, U: np.ndarray, shape: tuple[int, ...], M: np.ndarray) -> Block:
         n = len(U)
-        cs = self.control_shape(shape)
-        u = (2 * U - 1).reshape(n, 3, *cs)
+        u = (2 * U - 1).reshape(n, 3, *self.control_shape(shape))
         if self.max.unit == "mm":  # world-frame vectors of length <= max per component
             ctrl = np.einsum("ij,njabc->niabc", np.linalg.inv(M), u * self.max.value)
         else:
             ctrl = u * self.max.voxels(shape, M)[None, :, None, None, None]
-        ctrl = ctrl.astype(np.float32)
-        A = np.tile(np.concatenate([np.eye(3), np.zeros((3, 1))], axis=1), (n, 1, 1))
-        return Draws([self.name] * n, A.astype(np.float32), [np.ascontiguousarray(c) for c in ctrl])
+        return Block(self.name, np.arange(n), control=np.ascontiguousarray(ctrl, dtype=np.float32))
 
     def params(self) -> dict[str, Any]:
         grid = {"spacing": self.spacing} if self.spacing is not None else {"count": self.count}
         return {"max": self.max.to_json(), **grid}
+
+
+FAMILIES: dict[str, type[Family]] = {
+    cls.NAME: cls for cls in (Translation, Rotation, Scale, Shear, Affine, BSpline, Identity)}
+
+
+def _uniform(count: int, dims: int, rng: np.random.Generator, sobol: bool) -> np.ndarray:
+    """(count, dims) numbers in [0, 1): i.i.d., or scrambled Sobol points."""
+    if not sobol:
+        return rng.random((count, dims))
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():  # non-power-of-2 counts are fine here
+        warnings.simplefilter("ignore")
+        return qmc.Sobol(dims, scramble=True, seed=rng).random(count)
 
 
 @dataclass
@@ -331,38 +498,23 @@ class Perturbation:
     spec: str = ""
 
     def draw(self, n: int, shape: tuple[int, ...], M: np.ndarray,
-             rng: np.random.Generator, sobol: bool = False) -> Draws:
-        """``n`` perturbations for a grid of ``shape`` with voxel->mm matrix ``M``."""
+             rng: np.random.Generator, sobol: bool = False) -> DrawSet:
+        """``n`` perturbations for a grid of ``shape`` with voxel->mm matrix ``M``, as one block
+        per family (families draw in order from ``rng``; the draws do not depend on batching)."""
         if n < 1:
             raise PerturbationError("perturbation: need at least one sample")
         shape = tuple(int(s) for s in shape)
         M = np.asarray(M, dtype=np.float64)
         nf = len(self.families)
-        parts: list[Draws] = []
+        blocks = []
         for f, fam in enumerate(self.families):
-            count = len(range(f, n, nf))
-            if count == 0:
-                parts.append(Draws([], np.zeros((0, 3, 4), np.float32), []))
+            index = np.arange(f, n, nf)
+            if len(index) == 0:
                 continue
-            d = fam.dims(shape)
-            if sobol:
-                from scipy.stats import qmc
-
-                with warnings.catch_warnings():  # non-power-of-2 counts are fine here
-                    warnings.simplefilter("ignore")
-                    U = qmc.Sobol(d, scramble=True, seed=rng).random(count)
-            else:
-                U = rng.random((count, d))
-            parts.append(fam.from_uniform(U, shape, M))
-        # interleave back into sample order k -> family k % nf
-        families, affine, control = [], np.zeros((n, 3, 4), np.float32), []
-        pos = [0] * nf
-        for k in range(n):
-            f = k % nf
-            p, i = parts[f], pos[f]
-            families.append(p.families[i]); affine[k] = p.affine[i]; control.append(p.control[i])
-            pos[f] += 1
-        return Draws(families, affine, control)
+            block = fam.from_uniform(_uniform(len(index), fam.dims(shape), rng, sobol), shape, M)
+            block.index = index
+            blocks.append(block)
+        return DrawSet(blocks, n)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "families": [f.describe() for f in self.families],
@@ -386,76 +538,16 @@ def _kv(args: str, family: str) -> dict[str, str]:
     return out
 
 
-def _num(v: str, name: str) -> float:
-    try:
-        x = float(v.removesuffix("deg"))
-    except ValueError:
-        raise PerturbationError(f"perturbation: {name}={v!r} is not a number") from None
-    if not math.isfinite(x):
-        raise PerturbationError(f"perturbation: {name} must be finite")
-    return x
-
-
 def _family(name: str, kv: dict[str, str]) -> Family:
-    allowed = {
-        "translation": {"max"}, "rotation": {"max"}, "scale": {"min", "max", "per_axis"},
-        "shear": {"max"}, "bspline": {"max", "count", "spacing"}, "none": set(),
-        "affine": {"translation", "rotation", "scale_min", "scale_max", "shear"},
-    }
-    if name not in allowed:
+    cls = FAMILIES.get(name)
+    if cls is None:
         raise PerturbationError(f"perturbation: unknown family {name!r}; use one of "
                                 f"{', '.join(PRESETS)}")
-    extra = sorted(set(kv) - allowed[name])
+    extra = sorted(set(kv) - cls.PARAMS)
     if extra:
         raise PerturbationError(f"perturbation: {name} has no parameter {', '.join(extra)} "
-                                f"(allowed: {', '.join(sorted(allowed[name])) or 'none'})")
-    if name == "none":
-        return Identity()
-    if name == "translation":
-        return Translation(max=parse_magnitude(kv["max"], "translation.max")) if "max" in kv else Translation()
-    if name == "rotation":
-        return Rotation(max_deg=_num(kv.get("max", "5"), "rotation.max"))
-    if name == "scale":
-        lo, hi = _num(kv.get("min", "0.9"), "scale.min"), _num(kv.get("max", "1.1"), "scale.max")
-        if not 0 < lo <= hi:
-            raise PerturbationError("perturbation: scale needs 0 < min <= max")
-        return Scale(min=lo, max=hi, per_axis=kv.get("per_axis", "0").lower() in ("1", "true", "yes"))
-    if name == "shear":
-        m = _num(kv.get("max", "0.02"), "shear.max")
-        if not 0 <= m < 1:
-            raise PerturbationError("perturbation: shear.max must be in [0, 1)")
-        return Shear(max=m)
-    if name == "bspline":
-        fam = BSpline()
-        if "max" in kv:
-            fam.max = parse_magnitude(kv["max"], "bspline.max")
-        if "count" in kv and "spacing" in kv:
-            raise PerturbationError("perturbation: bspline takes count or spacing, not both")
-        if "count" in kv:
-            c = _num(kv["count"], "bspline.count")
-            if c != int(c) or c < 4:
-                raise PerturbationError("perturbation: bspline.count must be an integer >= 4")
-            fam.count = int(c)
-        if "spacing" in kv:
-            s = _num(kv["spacing"], "bspline.spacing")
-            if s <= 0:
-                raise PerturbationError("perturbation: bspline.spacing must be > 0 voxels")
-            fam.spacing, fam.count = s, None
-        return fam
-    # affine
-    fam = Affine()
-    if "translation" in kv:
-        fam.translation = Translation(max=parse_magnitude(kv["translation"], "affine.translation"))
-    if "rotation" in kv:
-        fam.rotation = Rotation(max_deg=_num(kv["rotation"], "affine.rotation"))
-    lo = _num(kv.get("scale_min", "0.9"), "affine.scale_min")
-    hi = _num(kv.get("scale_max", "1.1"), "affine.scale_max")
-    if not 0 < lo <= hi:
-        raise PerturbationError("perturbation: affine needs 0 < scale_min <= scale_max")
-    fam.scale = Scale(min=lo, max=hi)
-    if "shear" in kv:
-        fam.shear = Shear(max=_num(kv["shear"], "affine.shear"))
-    return fam
+                                f"(allowed: {', '.join(sorted(cls.PARAMS)) or 'none'})")
+    return cls.from_spec(kv)
 
 
 def parse(spec: "str | Perturbation | Family") -> Perturbation:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import identity_grid
 from .card import ModelCard
 
 Array = Any
@@ -96,3 +97,24 @@ def grid_map(native_shape: tuple[int, ...], native_affine: np.ndarray, card: Mod
         b = (n - 1) / 2 - A @ ((g - 1) / 2)
     return GridMap(tuple(int(x) for x in native_shape), tuple(int(x) for x in card.grid),  # type: ignore[arg-type]
                    np.asarray(native_affine, dtype=np.float64), A, b, card.resample.method)
+
+
+def native_fields(smap: GridMap, tmap: GridMap, u: Array, kernels: Any, xp: Any) -> tuple[Array, Array]:
+    """A canonical model-grid field ``u`` seen on the target's native grid.
+
+    Returns (world displacement in mm (3, *native target), displacement into the source's
+    native voxels (3, *native target), for warping the native source). The world displacement
+    at native target voxel y is world(P(y)) - world(y), P the source native voxel matched to y:
+    P(x) = A_s (x + u(x)) + b_s on the model grid, pushed to the native grid.
+    """
+    P_grid = kernels.compose(u, affine=smap.pullback)
+    P_grid += identity_grid(tmap.grid_shape, xp)
+    P = tmap.to_native(P_grid, kernels)                      # (3, native target)
+    y = identity_grid(tmap.native_shape, xp)
+    Ls = xp.asarray(smap.native_affine[:3, :3].astype(np.float32))
+    Lt = xp.asarray(tmap.native_affine[:3, :3].astype(np.float32))
+    off = xp.asarray((smap.native_affine[:3, 3] - tmap.native_affine[:3, 3]).astype(np.float32))
+    n = int(np.prod(tmap.native_shape))
+    world = (Ls @ P.reshape(3, n) - Lt @ y.reshape(3, n) + off[:, None]).reshape(P.shape)
+    P -= y
+    return xp.ascontiguousarray(world, dtype=xp.float32), P

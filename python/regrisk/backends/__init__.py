@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,33 @@ def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
 
 
 def available_backends() -> list[str]:
+    """Every registered backend name (whether or not it can run here: see ``unavailable``)."""
     return sorted(_REGISTRY)
+
+
+def _missing_module(module: str) -> str | None:
+    return None if importlib.util.find_spec(module) else f"the {module!r} package is not installed"
+
+
+def unavailable(name: str, device: str = "cpu") -> str | None:
+    """None when backend ``name`` can run on this machine, else why not (one line). A query:
+    nothing is loaded or probed until it is asked, and asking twice is cheap."""
+    if name not in _REGISTRY:
+        return f"unknown backend {name!r}; known: {', '.join(available_backends())}"
+    if name == "onnxruntime":
+        return _missing_module("onnxruntime")
+    if name == "torch" and device == "cpu":
+        return _missing_module("torch")
+    if name in ("onnxruntime-cuda", "tensorrt", "torch"):
+        from .. import device as devices
+
+        return devices.backend_unavailable(name)
+    return None  # callables and plug-ins registered at run time
+
+
+def usable_backends(device: str) -> list[str]:
+    """The device's default backends that can run here, in the order they are tried."""
+    return [n for n in _DEFAULTS.get(device, ()) if unavailable(n, device) is None]
 
 
 def _resolve(name: str) -> Callable[..., Backend]:
@@ -145,6 +172,9 @@ def create_backend(
     if model.function is not None and name is None:
         return _resolve("callable")(model, card, threads=threads, options=options)
     if name is not None:
+        why = unavailable(name, device)
+        if why is not None:
+            raise ModelError(f"backend {name!r} cannot run here: {why}")
         try:
             backend = _resolve(name)(model, card, threads=threads, options=options)
         except ImportError as exc:  # asked for by name, so say why it cannot run
@@ -156,8 +186,8 @@ def create_backend(
         raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
     failures = []
     for candidate in _DEFAULTS[device]:
-        try:
+        why = unavailable(candidate, device)
+        if why is None:
             return _resolve(candidate)(model, card, threads=threads, options=options)
-        except ImportError as exc:  # optional backend not installed / not built / no device
-            failures.append(f"{candidate}: {exc}")
+        failures.append(f"{candidate}: {why}")
     raise ModelError(f"no backend available for device {device!r} ({'; '.join(failures)})")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..card import ModelCard
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from . import Array, Backend, ModelSource
 
 
@@ -43,8 +43,8 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(model.onnx_bytes_or_path(), sess_options=so,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a bad graph
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{model.label or 'model'}: ONNX Runtime cannot load it ({msg[:200]})") from None
+            raise ModelError(f"{model.label or 'model'}: ONNX Runtime cannot load it "
+                             f"({first_line(exc, limit=200)})") from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_name = card.output.name
         dim0 = self.session.get_inputs()[0].shape[0] if self.session.get_inputs() else None

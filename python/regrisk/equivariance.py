@@ -1,0 +1,43 @@
+"""Applying drawn perturbations: warp the source by tau, compose each prediction back.
+
+A block of draws is one family (all affine or all B-spline), so each micro-batch is one kernel
+call per step with no masking. With the nested design each perturbation is repeated ``passes``
+times, consecutively, so that the statistics can group a perturbation's passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+from .perturbations import Block, DrawSet
+
+Array = Any
+
+
+def micro_batches(draws: DrawSet, batch: int, passes: int = 1) -> Iterator[Block]:
+    """Blocks of at most ``batch`` rows, family by family, each row repeated ``passes`` times."""
+    for block in draws.blocks:
+        rows = np.repeat(np.arange(len(block)), passes)
+        for i in range(0, len(rows), batch):
+            yield block.take(rows[i:i + batch])
+
+
+def perturb_source(S: Array, block: Block, xp: Any) -> tuple[Array, Array | None]:
+    """(b, 1, *grid) sources S o tau for the block's b draws, and the dense displacement
+    fields of a B-spline block (None for an affine one), which the composition reuses."""
+    grid = tuple(S.shape)
+    if block.dense:
+        fields = kernels.bspline_field(xp.asarray(block.control), grid)
+        return kernels.warp(S[None], fields), fields
+    return kernels.warp(S[None], affine=xp.asarray(block.affine)), None
+
+
+def compose_back(u: Array, block: Block, fields: Array | None, xp: Any) -> Array:
+    """g = tau o phi_tau for each sample: the estimate of the original map (DESIGN.md)."""
+    if fields is not None:
+        return kernels.compose(u, field=fields)
+    return kernels.compose(u, affine=xp.asarray(block.affine))

@@ -1,0 +1,91 @@
+"""What an estimate returns, and how it is written to disk.
+
+Output conventions (on the target's native grid, with its affine):
+
+- ``uncertainty`` sigma(x) = sqrt(tr(M Sigma(x) M^T)) in mm, Sigma the covariance of the composed
+  samples' end points in the source model grid, M that grid's voxel->mm matrix.
+- ``uncertainty_axes`` sqrt(diag(M Sigma M^T)): standard deviation along world x, y, z (mm).
+- ``displacement`` / ``mean_displacement``: world displacement in mm along the world (NIfTI RAS+)
+  axes, world(source point matched to x) - world(x); for images on one grid this is M u.
+- ``warped_source``: the native source resampled through the unperturbed prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io
+
+
+@dataclass
+class Prediction:
+    """One unperturbed pass. ``displacement`` is mm on the target's native grid (world axes);
+    ``grid_displacement`` the canonical model-grid field (voxels, channel c along axis c)."""
+
+    displacement: np.ndarray          # (3, D, H, W) mm, target native grid
+    grid_displacement: np.ndarray     # (3, g0, g1, g2) voxels of the model grid
+    grid_to_mm: np.ndarray            # (3, 3) source model grid voxel -> mm (for sigma)
+    grid_affine: np.ndarray           # (4, 4) target model grid voxel -> world
+    source_grid_affine: np.ndarray    # (4, 4) source model grid voxel -> world
+    warped_source: np.ndarray         # (D, H, W) native source through the prediction
+    affine: np.ndarray                # (4, 4) target native affine
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# (attribute, file stem, header description) of the maps every estimate writes.
+_MAPS = (
+    ("uncertainty", "uncertainty", "regrisk sigma (mm)", False),
+    ("uncertainty_axes", "uncertainty_axes", "regrisk per-axis std x,y,z (mm)", False),
+    ("displacement", "displacement", "regrisk displacement (mm, world axes)", True),
+    ("mean_displacement", "mean_displacement", "regrisk mean composed displacement (mm)", True),
+    ("warped_source", "warped_source", "regrisk warped source", False),
+    ("intrinsic", "intrinsic", "regrisk intrinsic spread (mm)", False),
+    ("bias_jitter", "bias_jitter", "regrisk bias jitter (mm)", False),
+)
+
+
+@dataclass
+class EstimateResult:
+    uncertainty: np.ndarray           # (D, H, W) mm
+    uncertainty_axes: np.ndarray      # (3, D, H, W) mm
+    displacement: np.ndarray          # (3, D, H, W) mm
+    mean_displacement: np.ndarray     # (3, D, H, W) mm
+    warped_source: np.ndarray         # (D, H, W)
+    affine: np.ndarray                # (4, 4)
+    timings: dict[str, float]
+    summary: dict[str, Any]
+    grid_uncertainty: np.ndarray      # (g0, g1, g2) mm on the model grid
+    grid_displacement: np.ndarray     # (3, g0, g1, g2) voxels, unperturbed
+    grid_mean: np.ndarray             # (3, g0, g1, g2) voxels, mean of composed samples
+    grid_to_mm: np.ndarray            # (3, 3)
+    intrinsic: np.ndarray | None = None      # nested design only: (D, H, W) mm
+    bias_jitter: np.ndarray | None = None    # nested design only: (D, H, W) mm
+    family_uncertainty: dict[str, np.ndarray] = field(default_factory=dict)  # per_family only
+
+    def _maps(self) -> list[tuple[str, np.ndarray, str, bool]]:
+        """(file name, data, description, vector) of every map this result holds."""
+        out = [(f"{stem}.nii.gz", getattr(self, attr), desc, vector)
+               for attr, stem, desc, vector in _MAPS if getattr(self, attr) is not None]
+        out += [(f"uncertainty_{fam}.nii.gz", sigma,
+                 f"regrisk sigma, {fam} samples only (mm)", False)
+                for fam, sigma in self.family_uncertainty.items()]
+        return out
+
+    def save(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the NIfTI outputs and summary.json into ``out_dir`` atomically."""
+        t0 = time.perf_counter()
+        with io.OutputFolder(out_dir, overwrite) as tmp:
+            files = []
+            for name, data, desc, vector in self._maps():
+                io.save_nifti(tmp / name, data, self.affine, vector=vector, description=desc)
+                files.append(name)
+            self.timings["save"] = time.perf_counter() - t0
+            summary = dict(self.summary, timings=dict(self.timings), files=files + ["summary.json"])
+            io.write_json(tmp / "summary.json", summary)
+        return Path(out_dir)
