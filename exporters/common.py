@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from regrisk.card import METADATA_KEY, ModelCard
-from regrisk.errors import ModelError, OutputError
+from regrisk.card import ModelCard, embed_card
+from regrisk.errors import ModelError, OutputError, first_line
 
 # float32 graphs must agree with PyTorch to this relative error (max |onnx - torch| / max |torch|).
 DEFAULT_TOLERANCE = 1e-4
@@ -47,6 +47,28 @@ class ExportError(ModelError):
 
 class CheckpointError(ModelError):
     """A checkpoint is missing, unreadable, carries pickled code, or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How every export is run and checked: the keyword options each exporter accepts besides
+    its own (``export_voxelmorph(..., random_init=True, seed=3)``)."""
+
+    random_init: bool = False
+    seed: int = 0
+    opset: int = DEFAULT_OPSET
+    tolerance: float = DEFAULT_TOLERANCE
+    batch_sizes: Sequence[int] = (1, 2)
+    overwrite: bool = False
+    verbose: bool = True
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> "ExportOptions":
+        """From an exporter's ``**options``; ExportError names an option that does not exist."""
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ExportError(f"unknown export option(s): {', '.join(unknown)}")
+        return cls(**options)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -76,8 +98,7 @@ def load_checkpoint(path: str | os.PathLike[str], key: str | None = None) -> dic
             "and plain containers are loaded (torch.load weights_only=True)"
         ) from None
     except Exception as exc:  # zip / EOF / magic-number errors come in several types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({msg})") from None
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
     return _state_dict_of(obj, key, p)
 
 
@@ -137,15 +158,15 @@ def check_weight_source(weights: str | os.PathLike[str] | None, random_init: boo
         raise ExportError("give --weights or --random-init (exactly one)")
 
 
-def init_weights(net: Any, weights: str | os.PathLike[str] | None, *, random_init: bool,
-                 seed: int, randomize: Callable[[Any, int], None] | None = None,
+def init_weights(net: Any, weights: str | os.PathLike[str] | None, options: ExportOptions, *,
+                 randomize: Callable[[Any, int], None] | None = None,
                  checkpoint_key: str | None = None, strip_prefix: str = "") -> None:
     """Give ``net`` its weights: the checkpoint at ``weights`` (loaded safely and strictly) or,
-    with ``random_init``, ``randomize(net, seed)`` (the module's own initialisation when None);
-    then eval mode."""
-    if random_init:
+    with ``options.random_init``, ``randomize(net, options.seed)`` (the module's own
+    initialisation when None); then eval mode."""
+    if options.random_init:
         if randomize is not None:
-            randomize(net, seed)
+            randomize(net, options.seed)
     else:
         load_weights(net, load_checkpoint(weights, checkpoint_key), weights,
                      strip_prefix=strip_prefix)
@@ -214,16 +235,11 @@ def export_module(
     card: ModelCard,
     input_names: Sequence[str],
     input_channels: Sequence[int],
+    options: ExportOptions,
     reference: Callable[..., Any] | None = None,
     trace_context: Callable[[Any], Any] | None = None,
-    opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE,
-    batch_sizes: Sequence[int] = (1, 2),
-    seed: int = 0,
     provenance: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
     fold_limit: int = FOLD_LIMIT,
-    verbose: bool = True,
 ) -> ExportResult:
     """Export ``module`` (inputs ``(B, c, *card.grid)`` each) to ``out`` with ``card`` stored.
 
@@ -231,11 +247,44 @@ def export_module(
     that rewrite a network into a graph-friendly form pass the untouched original here, so the
     parity check covers the rewrite too; ``trace_context(traced)`` (a context manager factory)
     is entered only while tracing, for such rewrites. A deep copy is traced, so that state a
-    module caches while tracing (fake tensors) never reaches the reference. The batch axis is dynamic when ``card.batch`` says so.
+    module caches while tracing (fake tensors) never reaches the reference. The batch axis is
+    dynamic when ``card.batch`` says so.
     """
-    import onnx
-
     out = Path(out)
+    data_file = _check_destination(out, options.overwrite)
+    if len(input_names) != len(input_channels):
+        raise ExportError("input_names and input_channels differ in length")
+    if card.batch != "dynamic":
+        options = replace(options, batch_sizes=(card.batch_size,))
+    module.eval()
+    started = time.perf_counter()
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tmp = tmpdir / out.name
+        external = _trace_and_save(module, tmp, card, input_names, input_channels, options,
+                                   trace_context, fold_limit)
+        _check_graph(tmp, input_names, card.output.name, out)
+        parity = _parity(tmp, reference or module, input_names, input_channels, card.grid,
+                         options)
+        _report_parity(parity, options, out)
+        ops = _store_card(tmp, card, provenance, options.opset, parity, external)
+        if external:
+            os.replace(tmpdir / data_file.name, data_file)
+        elif data_file.exists() and options.overwrite:
+            data_file.unlink()  # a stale .data from an earlier large export
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    if options.verbose:
+        print(f"wrote {out} ({_size(out, data_file if external else None)}, "
+              f"{sum(ops.values())} nodes, {seconds:.1f} s)", file=sys.stdout)
+    return ExportResult(out, card, parity, seconds, external, ops)
+
+
+def _check_destination(out: Path, overwrite: bool) -> Path:
+    """OutputError unless ``out`` (and its ``.data`` sibling) may be written; returns the
+    sibling's path."""
     if out.suffix != ".onnx":
         raise OutputError(f"{out}: the output must end in .onnx")
     data_file = out.with_name(out.name + ".data")
@@ -243,83 +292,68 @@ def export_module(
         raise OutputError(f"{out}: exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: output folder does not exist")
-    if len(input_names) != len(input_channels):
-        raise ValueError("input_names and input_channels differ in length")
+    return data_file
+
+
+def _trace_and_save(module: Any, tmp: Path, card: ModelCard, input_names: Sequence[str],
+                    input_channels: Sequence[int], options: ExportOptions,
+                    trace_context: Callable[[Any], Any] | None, fold_limit: int) -> bool:
+    """Trace a copy of ``module`` to ONNX at ``tmp``, constants folded; True when the weights
+    went to an external ``.data`` file."""
     dynamic = card.batch == "dynamic"
-    if not dynamic:
-        batch_sizes = (card.batch_size,)
-    module.eval()
-    reference = reference or module
-    started = time.perf_counter()
+    # Example batch 2: torch.export specialises a dimension whose example size is 0 or 1.
+    example_batch = 2 if dynamic else card.batch_size
+    example = _random_inputs(example_batch, input_channels, card.grid, options.seed + 1000)
+    traced = copy.deepcopy(module)
+    with (trace_context(traced) if trace_context is not None else contextlib.nullcontext()):
+        program = _torch_to_onnx(traced, example, input_names, card.output.name, options.opset,
+                                 dynamic, options.verbose)
+    _fold_constants(program, fold_limit)
+    weight_bytes = sum(int(v.const_value.nbytes) for v in program.model.graph.initializers
+                       .values() if v.const_value is not None)
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    program.save(str(tmp), external_data=external)
+    # The traced copy and the in-memory graph are no longer needed: free them before the
+    # parity run holds PyTorch's and ONNX Runtime's activations (GBs at 175^3).
+    del program, traced
+    gc.collect()
+    return external
 
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp = tmpdir / out.name
-        # Example batch 2: torch.export specialises a dimension whose example size is 0 or 1.
-        example_batch = 2 if dynamic else card.batch_size
-        example = _random_inputs(example_batch, input_channels, card.grid, seed + 1000)
-        traced = copy.deepcopy(module)
-        with (trace_context(traced) if trace_context is not None else contextlib.nullcontext()):
-            program = _torch_to_onnx(traced, example, input_names, card.output.name, opset,
-                                     dynamic, verbose)
-        _fold_constants(program, fold_limit)
-        weight_bytes = sum(int(v.const_value.nbytes) for v in program.model.graph.initializers
-                           .values() if v.const_value is not None)
-        external = weight_bytes > EXTERNAL_DATA_BYTES
-        program.save(str(tmp), external_data=external)
-        try:
-            onnx.checker.check_model(str(tmp))
-        except Exception as exc:
-            raise ExportError(f"{out}: onnx.checker rejected the graph ({_one_line(exc)})") from None
-        _check_io(tmp, input_names, card.output.name, out)
-        # The traced copy and the in-memory graph are no longer needed: free them before the
-        # parity run holds PyTorch's and ONNX Runtime's activations (GBs at 175^3).
-        del program, traced
-        gc.collect()
 
-        parity = _parity(tmp, reference, input_names, input_channels, card.grid, batch_sizes,
-                         tolerance, seed)
-        if verbose:
-            print(f"parity: max_abs={parity.max_abs:.3e} rel={parity.rel:.3e} "
-                  f"(|torch| max {parity.reference_max:.3g}; tolerance {tolerance:g} relative; "
-                  f"batch {','.join(map(str, parity.batch_sizes))})", file=sys.stdout)
-        if not parity.rel <= tolerance:  # NaN fails too
-            raise ExportError(
-                f"{out}: ONNX Runtime differs from PyTorch: max abs {parity.max_abs:.3e}, "
-                f"relative {parity.rel:.3e} > tolerance {tolerance:g}; nothing written")
+def _report_parity(parity: Parity, options: ExportOptions, out: Path) -> None:
+    """Print the parity figures (verbose) and refuse a graph over the tolerance."""
+    tolerance = options.tolerance
+    if options.verbose:
+        print(f"parity: max_abs={parity.max_abs:.3e} rel={parity.rel:.3e} "
+              f"(|torch| max {parity.reference_max:.3g}; tolerance {tolerance:g} relative; "
+              f"batch {','.join(map(str, parity.batch_sizes))})", file=sys.stdout)
+    if not parity.rel <= tolerance:  # NaN fails too
+        raise ExportError(
+            f"{out}: ONNX Runtime differs from PyTorch: max abs {parity.max_abs:.3e}, "
+            f"relative {parity.rel:.3e} > tolerance {tolerance:g}; nothing written")
 
-        model = onnx.load(str(tmp), load_external_data=False)
-        ops: dict[str, int] = {}
-        for node in model.graph.node:
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
-        prov = dict(provenance or {})
-        prov.setdefault("versions", package_versions())
-        prov["opset"] = opset
-        prov["parity"] = parity.as_dict()
-        prov["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        prov["external_data"] = external
-        card.provenance = prov
-        card.validate()
-        kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
-        del model.metadata_props[:]
-        model.metadata_props.extend(kept)
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, card.to_json()
-        model.producer_name = "regrisk.exporters"
-        onnx.save(model, str(tmp))  # external tensors keep pointing at tmp's .data file
 
-        if external:
-            os.replace(tmpdir / data_file.name, data_file)
-        elif data_file.exists() and overwrite:
-            data_file.unlink()  # a stale .data from an earlier large export
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    seconds = time.perf_counter() - started
-    if verbose:
-        print(f"wrote {out} ({_size(out, data_file if external else None)}, "
-              f"{sum(ops.values())} nodes, {seconds:.1f} s)", file=sys.stdout)
-    return ExportResult(out, card, parity, seconds, external, ops)
+def _store_card(tmp: Path, card: ModelCard, provenance: Mapping[str, Any] | None, opset: int,
+                parity: Parity, external: bool) -> dict[str, int]:
+    """Complete the card's provenance, embed it in the graph at ``tmp``; returns op counts."""
+    import onnx
+
+    model = onnx.load(str(tmp), load_external_data=False)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    prov = dict(provenance or {})
+    prov.setdefault("versions", package_versions())
+    prov["opset"] = opset
+    prov["parity"] = parity.as_dict()
+    prov["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    prov["external_data"] = external
+    card.provenance = prov
+    card.validate()
+    embed_card(model, card)
+    model.producer_name = "regrisk.exporters"
+    onnx.save(model, str(tmp))  # external tensors keep pointing at tmp's .data file
+    return ops
 
 
 def _torch_to_onnx(module: Any, example: list[Any], input_names: Sequence[str], output_name: str,
@@ -371,9 +405,14 @@ def _static_numel(value: Any) -> int | None:
     return n
 
 
-def _check_io(path: Path, input_names: Sequence[str], output_name: str, out: Path) -> None:
+def _check_graph(path: Path, input_names: Sequence[str], output_name: str, out: Path) -> None:
+    """onnx.checker, then the graph's inputs and output are the ones the card names."""
     import onnx
 
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ExportError(f"{out}: onnx.checker rejected the graph ({_one_line(exc)})") from None
     model = onnx.load(str(path), load_external_data=False)
     graph_inputs = [i.name for i in model.graph.input]
     graph_outputs = [o.name for o in model.graph.output]
@@ -390,8 +429,8 @@ def _random_inputs(batch: int, channels: Sequence[int], grid: Sequence[int], see
 
 
 def _parity(path: Path, reference: Callable[..., Any], input_names: Sequence[str],
-            channels: Sequence[int], grid: Sequence[int], batch_sizes: Sequence[int],
-            tolerance: float, seed: int) -> Parity:
+            channels: Sequence[int], grid: Sequence[int], options: ExportOptions) -> Parity:
+    """ONNX Runtime against ``reference`` on uniform random inputs, one run per batch size."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -401,8 +440,8 @@ def _parity(path: Path, reference: Callable[..., Any], input_names: Sequence[str
     except Exception as exc:
         raise ExportError(f"{path.name}: ONNX Runtime cannot load the graph ({_one_line(exc)})") from None
     max_abs, ref_max = 0.0, 0.0
-    for i, b in enumerate(batch_sizes):
-        inputs = _random_inputs(b, channels, grid, seed + i)
+    for i, b in enumerate(options.batch_sizes):
+        inputs = _random_inputs(b, channels, grid, options.seed + i)
         with torch.no_grad():
             expected = reference(*inputs)
         expected = expected.detach().cpu().numpy().astype(np.float32)
@@ -413,15 +452,14 @@ def _parity(path: Path, reference: Callable[..., Any], input_names: Sequence[str
         max_abs = max(max_abs, float(np.max(diff)) if np.all(np.isfinite(diff)) else float("nan"))
         ref_max = max(ref_max, float(np.max(np.abs(expected))))
     rel = max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf"))
-    return Parity(max_abs, rel, ref_max, tolerance, tuple(batch_sizes), seed)
+    return Parity(max_abs, rel, ref_max, options.tolerance, tuple(options.batch_sizes),
+                  options.seed)
 
 
 def _one_line(exc: BaseException) -> str:
     while exc.__cause__ is not None:  # torch.onnx wraps the real error in a long banner
         exc = exc.__cause__
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:300]
+    return first_line(exc)
 
 
 def _size(path: Path, data: Path | None) -> str:
@@ -429,14 +467,15 @@ def _size(path: Path, data: Path | None) -> str:
     return f"{n / 2**20:.1f} MiB" + (" with external data" if data is not None else "")
 
 
-def version_provenance(exporter: str, packages: Sequence[str], weights: str | None,
-                       seed: int | None, **extra: Any) -> dict[str, Any]:
+def version_provenance(exporter: str, packages: Sequence[str],
+                       weights: str | os.PathLike[str] | None, options: ExportOptions,
+                       **extra: Any) -> dict[str, Any]:
     """The provenance block every exporter writes: versions, weights (file + sha256) or the
     random-init seed, and exporter-specific settings."""
     prov: dict[str, Any] = {"exporter": exporter, "versions": package_versions(*packages)}
-    if weights is not None:
-        prov["weights"] = {"file": Path(weights).name, "sha256": file_sha256(weights)}
+    if options.random_init:
+        prov["weights"] = {"random_init": True, "seed": options.seed}
     else:
-        prov["weights"] = {"random_init": True, "seed": seed}
+        prov["weights"] = {"file": Path(weights).name, "sha256": file_sha256(weights)}
     prov.update(extra)
     return prov

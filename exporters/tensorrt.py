@@ -12,12 +12,12 @@ optimisation profile for the batch axis, and the ONNX card is written beside it 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from regrisk.card import ModelCard, read_card, write_card
 from regrisk.errors import OutputError
+from regrisk.io import atomic_file
 
 from .common import ExportError, package_versions
 
@@ -125,23 +125,10 @@ def build_engine(
         "batch_profile": [batch.min, batch.opt, batch.max],
         "versions": {**package_versions("tensorrt"), "tensorrt_runtime": trt.__version__},
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(memoryview(serialized))
+    with atomic_file(out) as tmp:
+        tmp.write_bytes(memoryview(serialized))
         write_card(out, card, sidecar=True)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if verbose:
         print(f"wrote {out} (TensorRT {trt.__version__}, fp16={fp16}, "
               f"batch {batch.min}:{batch.opt}:{batch.max})")
     return out
-
-
-def engine_inputs(card: ModelCard) -> Sequence[str]:
-    """Input tensor names the engine expects, from the card."""
-    if card.inputs.layout == "pair":
-        return (card.inputs.source, card.inputs.target)
-    return (card.inputs.concat,)

@@ -14,14 +14,15 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from regrisk.card import ModelCard
+from regrisk.errors import first_line
 
-from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     check_weight_source, init_weights, version_provenance)
+from .common import (ExportError, ExportOptions, ExportResult, check_weight_source, export_module,
+                     init_weights, version_provenance)
 
 
 def resolve_factory(spec: str) -> Any:
@@ -112,44 +113,40 @@ def export_torch_module(
     output_index: int | None = None,
     checkpoint_key: str | None = None,
     strip_prefix: str = "",
-    random_init: bool = False,
-    seed: int = 0,
-    opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE,
-    batch_sizes: Sequence[int] = (1, 2),
-    overwrite: bool = False,
-    verbose: bool = True,
+    **options: Any,
 ) -> ExportResult:
-    """Export the module built by ``module`` (``package.module:factory``) with ``card``."""
-    import torch
-
-    check_weight_source(weights, random_init)
+    """Export the module built by ``module`` (``package.module:factory``) with ``card``;
+    ``options`` are the fields of :class:`ExportOptions`."""
+    opts = ExportOptions.of(options)
+    check_weight_source(weights, opts.random_init)
     if card.stochastic:
         raise ExportError("a stochastic card cannot be parity-checked; export the deterministic "
                           "network and mark the card with 'regrisk card'")
+    net = _build(module, factory_kwargs, opts.seed)
+    init_weights(net, weights, opts, checkpoint_key=checkpoint_key, strip_prefix=strip_prefix)
+    wrapper = _wrapper_class(card.inputs.layout)(net, output_index).eval()
+    top = module.rpartition(":")[0].split(".")[0]
+    prov = version_provenance("regrisk.exporters.torch_module", [top] if top else [], weights,
+                              opts, module=module, factory_kwargs=dict(factory_kwargs or {}),
+                              output_index=output_index)
+    return export_module(
+        wrapper, out=out, card=card, input_names=card.inputs.names(),
+        input_channels=(card.inputs.channels,) * len(card.inputs.names()), options=opts,
+        provenance=prov)
+
+
+def _build(module: str, factory_kwargs: Mapping[str, Any] | None, seed: int) -> Any:
+    """The factory's network, built under ``seed``; ExportError when it fails or is no module."""
+    import torch
+
     factory = resolve_factory(module)
     torch.manual_seed(seed)
     try:
         net = factory(**dict(factory_kwargs or {}))
     except Exception as exc:
-        text = str(exc).strip().splitlines()
         raise ExportError(f"--module {module!r}: the factory failed "
-                          f"({type(exc).__name__}: {text[0] if text else ''})") from None
+                          f"({first_line(exc, typed=True)})") from None
     if not isinstance(net, torch.nn.Module):
         raise ExportError(f"--module {module!r}: the factory returned {type(net).__name__}, "
                           "not a torch.nn.Module")
-    init_weights(net, weights, random_init=random_init, seed=seed,
-                 checkpoint_key=checkpoint_key, strip_prefix=strip_prefix)
-    layout = card.inputs.layout
-    names = (card.inputs.source, card.inputs.target) if layout == "pair" else (card.inputs.concat,)
-    channels = (1, 1) if layout == "pair" else (2,)
-    wrapper = _wrapper_class(layout)(net, output_index).eval()
-    top = module.rpartition(":")[0].split(".")[0]
-    prov = version_provenance("regrisk.exporters.torch_module", [top] if top else [],
-                              None if random_init else str(weights), seed if random_init else None,
-                              module=module, factory_kwargs=dict(factory_kwargs or {}),
-                              output_index=output_index)
-    return export_module(
-        wrapper, out=out, card=card, input_names=names, input_channels=channels, opset=opset,
-        tolerance=tolerance, batch_sizes=batch_sizes, seed=seed, provenance=prov,
-        overwrite=overwrite, verbose=verbose)
+    return net

@@ -26,8 +26,8 @@ from typing import Any
 
 from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
 
-from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     check_weight_source, init_weights, version_provenance)
+from .common import (ExportError, ExportOptions, ExportResult, check_weight_source, export_module,
+                     init_weights, version_provenance)
 
 GRID = (175, 175, 175)
 # Two DownsampleRegistration levels, then tallUNet2's five stride-2 stages with ceil-mode pooling:
@@ -197,26 +197,22 @@ def export_unigradicon(
     *,
     grid: Sequence[int] = GRID,
     modality: str = "mri",
-    random_init: bool = False,
-    seed: int = 0,
-    opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE,
-    batch_sizes: Sequence[int] = (1, 2),
-    overwrite: bool = False,
-    verbose: bool = True,
+    **options: Any,
 ) -> ExportResult:
-    """Export uniGradICON (``weights``: its ``Step_2_final.trch``, or ``random_init``)."""
+    """Export uniGradICON (``weights``: its ``Step_2_final.trch``, or ``random_init``);
+    ``options`` are the fields of :class:`ExportOptions`."""
     import torch
 
+    opts = ExportOptions.of(options)
     if modality not in ("mri", "ct"):
         raise ExportError(f"modality {modality!r}: expected 'mri' or 'ct'")
-    check_weight_source(weights, random_init)
-    if opset < 20:
-        raise ExportError(f"opset {opset}: 5-D GridSample needs opset 20 or later")
+    check_weight_source(weights, opts.random_init)
+    if opts.opset < 20:
+        raise ExportError(f"opset {opts.opset}: 5-D GridSample needs opset 20 or later")
     grid = _check_grid(grid)
-    torch.manual_seed(seed)
+    torch.manual_seed(opts.seed)
     net = build_network(grid)
-    init_weights(net, weights, random_init=random_init, seed=seed, randomize=randomize)
+    init_weights(net, weights, opts, randomize=randomize)
     wrapper = _wrapper_class()(net, CT_WINDOW if modality == "ct" else None).eval()
     card = make_card(grid, modality)
     try:
@@ -225,10 +221,7 @@ def export_unigradicon(
     except ImportError:
         builder = "icon_registration modules (unigradicon recipe; itk absent)"
     prov = version_provenance("regrisk.exporters.unigradicon", ["unigradicon", "icon_registration"],
-                              None if random_init else str(weights), seed if random_init else None,
-                              modality=modality, builder=builder)
+                              weights, opts, modality=modality, builder=builder)
     return export_module(
-        wrapper, out=out, card=card, input_names=("source", "target"), input_channels=(1, 1),
-        trace_context=graph_friendly, opset=opset,
-        tolerance=tolerance, batch_sizes=batch_sizes, seed=seed, provenance=prov,
-        overwrite=overwrite, verbose=verbose)
+        wrapper, out=out, card=card, input_names=card.inputs.names(), input_channels=(1, 1),
+        options=opts, trace_context=graph_friendly, provenance=prov)

@@ -17,8 +17,8 @@ from typing import Any
 
 from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
 
-from .common import (DEFAULT_OPSET, DEFAULT_TOLERANCE, ExportError, ExportResult, export_module,
-                     check_weight_source, init_weights, version_provenance)
+from .common import (ExportError, ExportOptions, ExportResult, check_weight_source, export_module,
+                     init_weights, version_provenance)
 
 GRID = (160, 192, 224)  # VoxelMorph's brain MRI grid (1 mm, affinely aligned)
 FEATURES = (16, 16, 16, 16, 16)
@@ -114,35 +114,28 @@ def export_voxelmorph(
     resample: str = "stretch",
     spacing: Sequence[float] | None = None,
     checkpoint_key: str | None = None,
-    random_init: bool = False,
-    seed: int = 0,
-    opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE,
-    batch_sizes: Sequence[int] = (1, 2),
-    overwrite: bool = False,
-    verbose: bool = True,
+    **options: Any,
 ) -> ExportResult:
-    """Export ``VxmPairwise`` (``weights``: a state-dict checkpoint, or ``random_init``)."""
+    """Export ``VxmPairwise`` (``weights``: a state-dict checkpoint, or ``random_init``);
+    ``options`` are the fields of :class:`ExportOptions`."""
     import torch
 
+    opts = ExportOptions.of(options)
     if form not in FORMS:
         raise ExportError(f"form {form!r}: expected one of {', '.join(FORMS)}")
-    check_weight_source(weights, random_init)
-    if form == "monolithic" and opset < 20:
-        raise ExportError(f"opset {opset}: the monolithic form has 5-D GridSample (opset 20+)")
+    check_weight_source(weights, opts.random_init)
+    if form == "monolithic" and opts.opset < 20:
+        raise ExportError(f"opset {opts.opset}: the monolithic form has 5-D GridSample (opset 20+)")
     if form == "staged" and int(steps) < 1:
         raise ExportError("the staged form needs integration steps >= 1 (a velocity to integrate)")
     grid = _check_grid(grid, features)
-    torch.manual_seed(seed)
+    torch.manual_seed(opts.seed)
     net = build_network(features, steps)
-    init_weights(net, weights, random_init=random_init, seed=seed, randomize=randomize,
-                 checkpoint_key=checkpoint_key)
+    init_weights(net, weights, opts, randomize=randomize, checkpoint_key=checkpoint_key)
     wrapper = _wrapper_class()(net, form).eval()
     card = make_card(grid, form, steps, resample, spacing)
-    prov = version_provenance("regrisk.exporters.voxelmorph", ["voxelmorph", "neurite"],
-                              None if random_init else str(weights), seed if random_init else None,
-                              form=form, features=list(features), integration_steps=int(steps))
+    prov = version_provenance("regrisk.exporters.voxelmorph", ["voxelmorph", "neurite"], weights,
+                              opts, form=form, features=list(features), integration_steps=int(steps))
     return export_module(
-        wrapper, out=out, card=card, input_names=("source", "target"), input_channels=(1, 1),
-        opset=opset, tolerance=tolerance, batch_sizes=batch_sizes, seed=seed, provenance=prov,
-        overwrite=overwrite, verbose=verbose)
+        wrapper, out=out, card=card, input_names=card.inputs.names(), input_channels=(1, 1),
+        options=opts, provenance=prov)

@@ -42,6 +42,15 @@ class Inputs:
     concat: str = "input"
     order: tuple[str, str] = ("source", "target")
 
+    def names(self) -> tuple[str, ...]:
+        """The graph input names this layout feeds, in feeding order."""
+        return (self.source, self.target) if self.layout == "pair" else (self.concat,)
+
+    @property
+    def channels(self) -> int:
+        """Channels of each input: one image per input, or both images on one input."""
+        return 1 if self.layout == "pair" else 2
+
 
 @dataclass
 class Output:
@@ -239,34 +248,26 @@ def read_card(model_path: str | os.PathLike[str]) -> ModelCard:
 
 def write_card(model_path: str | os.PathLike[str], card: ModelCard, sidecar: bool = False) -> Path:
     """Store ``card`` with the model: in its metadata (rewritten atomically) or as a sidecar."""
+    from .io import atomic_file, write_text_atomic
+
     path = Path(model_path)
     if sidecar:
         target = sidecar_path(path)
-        _atomic_write_text(target, card.to_json() + "\n")
+        write_text_atomic(target, card.to_json() + "\n")
         return target
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    embed_card(model, card)
+    with atomic_file(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
+
+
+def embed_card(model: Any, card: ModelCard) -> None:
+    """Put ``card`` into an in-memory ONNX ``model``'s metadata, replacing any card there."""
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, card.to_json()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _atomic_write_text(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

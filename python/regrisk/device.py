@@ -12,17 +12,14 @@ import importlib.util
 from functools import lru_cache
 from typing import Any
 
+from .errors import first_line
+
 
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @lru_cache(maxsize=1)
@@ -58,7 +55,7 @@ def driver_devices() -> dict[str, Any]:
         v = version.value
         return {"driver": f"{v // 1000}.{(v % 1000) // 10}", "devices": devices, "reason": None}
     except Exception as exc:  # a broken driver install must not break `regrisk info`
-        return {"driver": None, "devices": [], "reason": _short(exc)}
+        return {"driver": None, "devices": [], "reason": first_line(exc, typed=True)}
 
 
 def gpu_present() -> bool:
@@ -80,7 +77,7 @@ def cupy_status() -> dict[str, Any]:
             props = cupy.cuda.runtime.getDeviceProperties(i)
             devices.append({
                 "index": i,
-                "name": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+                "name": _text(props["name"]),
                 "compute_capability": f"{props['major']}.{props['minor']}",
                 "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
             })
@@ -88,7 +85,18 @@ def cupy_status() -> dict[str, Any]:
                 "runtime": cupy.cuda.runtime.runtimeGetVersion(), "devices": devices,
                 "reason": None if n else "CuPy sees no CUDA device"}
     except Exception as exc:
-        return {"installed": True, "usable": False, "reason": _short(exc)}
+        return {"installed": True, "usable": False, "reason": first_line(exc, typed=True)}
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def gpu_name(device_id: int) -> str:
+    """The CUDA device's name as CuPy reports it (CuPy must be usable)."""
+    import cupy
+
+    return _text(cupy.cuda.runtime.getDeviceProperties(device_id)["name"])
 
 
 def cupy_usable() -> bool:
@@ -114,12 +122,7 @@ def onnxruntime_status() -> dict[str, Any]:
                 "tensorrt": "TensorrtExecutionProvider" in providers}
     except Exception as exc:
         return {"installed": True, "providers": [], "cuda": False, "tensorrt": False,
-                "reason": _short(exc)}
-
-
-def ort_cuda_available() -> bool:
-    """True when onnxruntime offers the CUDA execution provider (onnxruntime-gpu)."""
-    return bool(onnxruntime_status()["cuda"])
+                "reason": first_line(exc, typed=True)}
 
 
 @lru_cache(maxsize=1)
@@ -130,11 +133,7 @@ def tensorrt_status() -> dict[str, Any]:
         trt = importlib.import_module("tensorrt")
         return {"installed": True, "version": getattr(trt, "__version__", "?")}
     except Exception as exc:
-        return {"installed": False, "reason": _short(exc)}
-
-
-def tensorrt_available() -> bool:
-    return bool(tensorrt_status()["installed"])
+        return {"installed": False, "reason": first_line(exc, typed=True)}
 
 
 @lru_cache(maxsize=1)
@@ -150,21 +149,41 @@ def torch_status() -> dict[str, Any]:
                 "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                 if cuda else []}
     except Exception as exc:
-        return {"installed": True, "cuda": False, "reason": _short(exc)}
+        return {"installed": True, "cuda": False, "reason": first_line(exc, typed=True)}
+
+
+def _ort_cuda_missing() -> str | None:
+    if onnxruntime_status()["cuda"]:
+        return None
+    return "onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+
+
+def _tensorrt_missing() -> str | None:
+    status = tensorrt_status()
+    return None if status["installed"] else status.get("reason")
+
+
+def _torch_cuda_missing() -> str | None:
+    return None if torch_status()["cuda"] else "torch has no CUDA (CPU build or no GPU)"
+
+
+# What each CUDA backend needs beyond the CUDA kernels (probed only when asked about).
+_CUDA_BACKEND_NEEDS = {
+    "onnxruntime-cuda": _ort_cuda_missing,
+    "tensorrt": _tensorrt_missing,
+    "torch": _torch_cuda_missing,
+}
+
+
+def backend_unavailable(name: str) -> str | None:
+    """None when the CUDA backend ``name`` can run here, else why not (one line)."""
+    ok, reason = cuda_ready()
+    return _CUDA_BACKEND_NEEDS[name]() if ok else reason
 
 
 def cuda_backends() -> dict[str, str | None]:
     """Each CUDA backend name -> None when it can run here, else why not."""
-    gpu = None if cupy_usable() else (cupy_status().get("reason") or "no usable GPU")
-    kernels = None if cuda_module_built() else "regrisk._cuda not built (no nvcc at install time)"
-    base = gpu or kernels
-    ort = onnxruntime_status()
-    trt = tensorrt_status()
-    return {
-        "onnxruntime-cuda": base or (None if ort["cuda"] else "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"),
-        "tensorrt": base or (None if trt["installed"] else trt.get("reason")),
-        "torch": base or (None if torch_status()["cuda"] else "torch has no CUDA (CPU build or no GPU)"),
-    }
+    return {name: backend_unavailable(name) for name in _CUDA_BACKEND_NEEDS}
 
 
 def cuda_ready() -> tuple[bool, str]:

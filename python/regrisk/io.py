@@ -1,8 +1,10 @@
-"""NIfTI in and out: load and validate images, write results into an output folder atomically.
+"""NIfTI in and out: load and validate images and masks, write files and folders atomically.
 
 Inputs are 3-D scalar images (a 4-D image with a single volume is accepted), finite and not
-constant, with an invertible affine. Outputs are written into a temporary folder beside the
-destination and renamed into place at the end, so a failure or Ctrl-C leaves nothing behind.
+constant, with an invertible affine; masks are read the same way but may be constant. Output
+folders are built in a temporary folder beside the destination and renamed into place at the
+end (:class:`OutputFolder`), single files through a temporary sibling (:func:`atomic_file`), so
+a failure or Ctrl-C leaves nothing behind. Every atomic write in regrisk goes through here.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, first_line
 
 
 @dataclass
@@ -39,46 +43,85 @@ class Image:
 
 def load_image(spec: Any, role: str = "image") -> Image:
     """An :class:`Image` from a path, a nibabel image, or an ``(array, affine)`` pair."""
-    import nibabel as nib
-
     if isinstance(spec, Image):
         return spec
+    data, affine, label = _read(spec, role)
+    return validate(data, affine, label)
+
+
+def load_mask(spec: Any, role: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+    """(bool (D, H, W) array of the voxels > 0.5, affine) from what :func:`load_image` takes.
+    A mask may be constant (all inside); it must select at least one voxel."""
+    data, affine, label = _read(spec, role)
+    img = validate(data, affine, label, allow_constant=True)
+    mask = img.data > 0.5
+    if not mask.any():
+        raise InputError(f"{label}: the mask selects no voxels")
+    return mask, img.affine
+
+
+def _read(spec: Any, role: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(voxel array as stored, 4x4 affine, label for messages); InputError when unreadable."""
     if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        label = f"{role} {path}"
-        if not path.exists():
-            raise InputError(f"{label}: no such file")
-        if not path.is_file():
-            raise InputError(f"{label}: not a file")
-        try:
-            img = nib.load(str(path))
-        except Exception as exc:  # nibabel raises many types for unknown/corrupt headers
-            raise InputError(f"{label}: not a readable NIfTI image ({_short(exc)})") from None
-        label_img = label
-        try:
-            data = np.asanyarray(img.dataobj)
-        except Exception as exc:  # truncated or corrupt payload (EOFError, zlib.error, ...)
-            raise InputError(f"{label_img}: image data is truncated or corrupt ({_short(exc)})") from None
-        affine = np.asarray(img.affine, dtype=np.float64)
-    elif isinstance(spec, tuple) and len(spec) == 2:
+        return _read_file(Path(spec), role)
+    if isinstance(spec, tuple) and len(spec) == 2:
         data, affine = np.asarray(spec[0]), np.asarray(spec[1], dtype=np.float64)
         label = f"{role} array"
         if affine.shape != (4, 4):
             raise InputError(f"{label}: affine must be 4x4, got {affine.shape}")
-    elif hasattr(spec, "dataobj") and hasattr(spec, "affine"):
+        return data, affine, label
+    if hasattr(spec, "dataobj") and hasattr(spec, "affine"):
         label = f"{role} image"
         try:
             data = np.asanyarray(spec.dataobj)
         except Exception as exc:
-            raise InputError(f"{label}: image data is unreadable ({_short(exc)})") from None
-        affine = np.asarray(spec.affine, dtype=np.float64)
-    else:
-        raise InputError(f"{role}: expected a path, a nibabel image or an (array, affine) pair, "
-                         f"got {type(spec).__name__}")
-    return validate(data, affine, label)
+            raise InputError(f"{label}: image data is unreadable ({_reason(exc)})") from None
+        return data, np.asarray(spec.affine, dtype=np.float64), label
+    raise InputError(f"{role}: expected a path, a nibabel image or an (array, affine) pair, "
+                     f"got {type(spec).__name__}")
 
 
-def validate(data: np.ndarray, affine: np.ndarray, label: str) -> Image:
+def _read_file(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, str]:
+    import nibabel as nib
+
+    label = f"{role} {path}"
+    if not path.exists():
+        raise InputError(f"{label}: no such file")
+    if not path.is_file():
+        raise InputError(f"{label}: not a file")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for unknown/corrupt headers
+        raise InputError(f"{label}: not a readable NIfTI image ({_reason(exc)})") from None
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated or corrupt payload (EOFError, zlib.error, ...)
+        raise InputError(f"{label}: image data is truncated or corrupt ({_reason(exc)})") from None
+    return data, np.asarray(img.affine, dtype=np.float64), label
+
+
+def _reason(exc: BaseException) -> str:
+    return first_line(exc, typed=True, limit=160)
+
+
+def validate(data: np.ndarray, affine: np.ndarray, label: str, *,
+             allow_constant: bool = False) -> Image:
+    """An :class:`Image` of ``data`` once it is a finite, non-constant (unless
+    ``allow_constant``) real 3-D volume with an invertible affine; InputError otherwise."""
+    vol = _scalar_volume(data, label)
+    finite = np.isfinite(vol)
+    if not finite.all():
+        bad = int(vol.size - finite.sum())
+        raise InputError(f"{label}: {bad} voxel(s) are NaN or Inf")
+    if not allow_constant and float(vol.max()) == float(vol.min()):
+        raise InputError(f"{label}: the image is constant ({float(vol.min()):g} everywhere)")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{label}: the affine is not invertible")
+    return Image(vol, affine, label)
+
+
+def _scalar_volume(data: np.ndarray, label: str) -> np.ndarray:
+    """``data`` as a native float32 (D, H, W) array; a single trailing volume/vector is dropped."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 5 and data.shape[3:] == (1, 1):
@@ -92,21 +135,7 @@ def validate(data: np.ndarray, affine: np.ndarray, label: str) -> Image:
     vol = np.ascontiguousarray(data, dtype=np.float32)
     # nibabel may hand back an explicit '<f4' dtype object; the native kernels want the native
     # float32 descriptor itself, so re-view (no copy) once here at the boundary.
-    vol = vol.view(np.float32)
-    finite = np.isfinite(vol)
-    if not finite.all():
-        bad = int(vol.size - finite.sum())
-        raise InputError(f"{label}: {bad} voxel(s) are NaN or Inf")
-    if float(vol.max()) == float(vol.min()):
-        raise InputError(f"{label}: the image is constant ({float(vol.min()):g} everywhere)")
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{label}: the affine is not invertible")
-    return Image(vol, affine, label)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+    return vol.view(np.float32)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -145,7 +174,8 @@ class OutputFolder:
         return self.tmp
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self.tmp is not None
+        if self.tmp is None:  # never entered: nothing was staged
+            return
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -162,6 +192,27 @@ class OutputFolder:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` (same suffix, so writers that go by the extension
+    still work); renamed onto ``path`` when the block succeeds, removed when it fails, so a
+    reader never sees a half-written file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, vector: bool = False,

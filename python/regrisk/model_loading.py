@@ -114,10 +114,7 @@ def check_card(card: ModelCard, model: Any, label: str) -> None:
 
     ins, outs, types = graph_io(model)
     where = f"model {label}: card contradicts the graph:"
-    if card.inputs.layout == "pair":
-        expected = {card.inputs.source: 1, card.inputs.target: 1}
-    else:
-        expected = {card.inputs.concat: 2}
+    expected = {name: card.inputs.channels for name in card.inputs.names()}
     missing = [n for n in expected if n not in ins]
     if missing:
         raise CardError(f"{where} input {missing[0]!r} not in graph inputs {sorted(ins)}")

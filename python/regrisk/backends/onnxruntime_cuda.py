@@ -19,20 +19,18 @@ import numpy as np
 
 from .. import device as _device
 
-_ok, _why = _device.cuda_ready()
-if not _ok:
+_why = _device.backend_unavailable("onnxruntime-cuda")
+if _why:
     raise ImportError(f"onnxruntime-cuda backend unavailable: {_why}")
-if not _device.ort_cuda_available():
-    raise ImportError("onnxruntime-cuda backend unavailable: onnxruntime has no "
-                      "CUDAExecutionProvider (pip install onnxruntime-gpu)")
 
 import cupy  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from .. import _cuda_ops  # noqa: E402
 from ..card import ModelCard  # noqa: E402
-from ..errors import ModelError  # noqa: E402
+from ..errors import ModelError, first_line  # noqa: E402
 from . import Array, Backend, ModelSource  # noqa: E402
+from .feeds import device_feeds  # noqa: E402
 
 _PROVIDER = "CUDAExecutionProvider"
 
@@ -68,9 +66,8 @@ class OnnxRuntimeCudaBackend(Backend):
         try:
             self.session = self._session(model, so, provider_options)
         except Exception as exc:  # ORT raises its own exception types for a bad graph
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{model.label or 'model'}: ONNX Runtime (CUDA) cannot load it "
-                             f"({msg[:200]})") from None
+                             f"({first_line(exc, limit=200)})") from None
         if _PROVIDER not in self.session.get_providers():
             raise ModelError(f"{model.label or 'model'}: ONNX Runtime did not enable the CUDA "
                              "execution provider for this session")
@@ -117,11 +114,8 @@ class OnnxRuntimeCudaBackend(Backend):
         return (batch, 3, *grid)
 
     def run(self, feeds: Mapping[str, Array]) -> Array:
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise ModelError(f"onnxruntime-cuda: missing input(s) {', '.join(missing)}")
         with cupy.cuda.Device(self.device_id):
-            arrays = {n: cupy.ascontiguousarray(feeds[n], dtype=cupy.float32) for n in self.input_names}
+            arrays = device_feeds(self.name, self.input_names, feeds)
             batch = int(next(iter(arrays.values())).shape[0])
             out = cupy.empty(self._output_shape(batch), dtype=cupy.float32)
             binding = self.session.io_binding()
@@ -138,8 +132,7 @@ class OnnxRuntimeCudaBackend(Backend):
             try:
                 self.session.run_with_iobinding(binding)
             except Exception as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelError(f"onnxruntime-cuda: run failed ({msg[:300]})") from None
+                raise ModelError(f"onnxruntime-cuda: run failed ({first_line(exc)})") from None
             finally:
                 self.side.leave(caller)
             # `arrays` stays referenced until here: ORT has finished reading them or the
@@ -147,10 +140,9 @@ class OnnxRuntimeCudaBackend(Backend):
             return out
 
     def describe(self) -> dict[str, Any]:
-        props = cupy.cuda.runtime.getDeviceProperties(self.device_id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return {"backend": self.name, "device": self.device, "provider": _PROVIDER,
-                "gpu": name, "device_id": self.device_id, "onnxruntime": ort.__version__,
+                "gpu": _device.gpu_name(self.device_id), "device_id": self.device_id,
+                "onnxruntime": ort.__version__,
                 "cudnn_conv_algo_search": self.provider_options["cudnn_conv_algo_search"],
                 "fixed_batch": self.fixed_batch, "io_binding": True}
 

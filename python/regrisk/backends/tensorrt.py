@@ -20,11 +20,9 @@ from typing import Any
 
 from .. import device as _device
 
-_ok, _why = _device.cuda_ready()
-if not _ok:
+_why = _device.backend_unavailable("tensorrt")
+if _why:
     raise ImportError(f"tensorrt backend unavailable: {_why}")
-if not _device.tensorrt_available():
-    raise ImportError(f"tensorrt backend unavailable: {_device.tensorrt_status().get('reason')}")
 
 import cupy  # noqa: E402
 import tensorrt as trt  # noqa: E402
@@ -33,6 +31,7 @@ from .. import _cuda_ops  # noqa: E402
 from ..card import ModelCard  # noqa: E402
 from ..errors import ModelError  # noqa: E402
 from . import Array, Backend, ModelSource  # noqa: E402
+from .feeds import device_feeds  # noqa: E402
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -132,11 +131,8 @@ class TensorRTBackend(Backend):
         return cupy
 
     def run(self, feeds: Mapping[str, Array]) -> Array:
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise ModelError(f"tensorrt: missing input(s) {', '.join(missing)}")
         with cupy.cuda.Device(self.device_id):
-            arrays = {n: cupy.ascontiguousarray(feeds[n], dtype=cupy.float32) for n in self.input_names}
+            arrays = device_feeds(self.name, self.input_names, feeds)
             total = int(next(iter(arrays.values())).shape[0])
             out = None
             scratch = []  # other outputs: written by TensorRT, never read
@@ -167,9 +163,8 @@ class TensorRTBackend(Backend):
             return out
 
     def describe(self) -> dict[str, Any]:
-        props = cupy.cuda.runtime.getDeviceProperties(self.device_id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        return {"backend": self.name, "device": self.device, "gpu": name,
+        return {"backend": self.name, "device": self.device,
+                "gpu": _device.gpu_name(self.device_id),
                 "device_id": self.device_id, "tensorrt": trt.__version__,
                 "max_batch": self.max_batch, "fixed_batch": self.fixed_batch,
                 "engine_built_here": self.built_here}

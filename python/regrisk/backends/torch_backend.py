@@ -26,6 +26,7 @@ import torch
 from ..card import ModelCard
 from ..errors import ModelError
 from . import Array, Backend, ModelSource
+from .feeds import check_feeds
 
 
 class TorchBackend(Backend):
@@ -43,8 +44,8 @@ class TorchBackend(Backend):
             # Reached as the last CUDA fallback for an ONNX model: say what would run it.
             from .. import device as _device
 
-            why = "; ".join(f"{k}: {v}" for k, v in _device.cuda_backends().items()
-                            if k != "torch" and v)
+            reasons = {k: _device.backend_unavailable(k) for k in ("onnxruntime-cuda", "tensorrt")}
+            why = "; ".join(f"{k}: {v}" for k, v in reasons.items() if v)
             raise ModelError(f"{self.label}: an ONNX model needs the onnxruntime-cuda or tensorrt "
                              f"backend on CUDA, the torch backend runs PyTorch modules"
                              f"{' (' + why + ')' if why else ''}")
@@ -69,10 +70,7 @@ class TorchBackend(Backend):
                 torch.set_num_threads(int(threads))
         self.module = self._load(model).to(self.torch_device).eval()
         self.layout = card.inputs.layout
-        if self.layout == "pair":
-            self.input_names = (card.inputs.source, card.inputs.target)
-        else:
-            self.input_names = (card.inputs.concat,)
+        self.input_names = card.inputs.names()
         self.output_name = card.output.name
         self.output_key = options.get("output")
         self.fixed_batch = card.batch_size if card.batch == "fixed" else None
@@ -131,9 +129,7 @@ class TorchBackend(Backend):
         raise ModelError(f"{self.label}: the module returned {type(result).__name__}, not a tensor")
 
     def run(self, feeds: Mapping[str, Array]) -> Array:
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise ModelError(f"torch: missing input(s) {', '.join(missing)}")
+        check_feeds(self.name, self.input_names, feeds)
         ctx = self._stream() if self.device == "cuda" else contextlib.nullcontext()
         with ctx, torch.inference_mode():
             args = [self._to_torch(feeds[n]) for n in self.input_names]

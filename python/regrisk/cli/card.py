@@ -13,15 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CardError
-
-
-def _bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from .options import parse_bool
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="graph output name")
     p.add_argument("--kind", choices=("displacement", "map", "velocity"))
     p.add_argument("--units", choices=("voxel", "unit", "normalized"))
-    p.add_argument("--align-corners", type=_bool, metavar="BOOL")
+    p.add_argument("--align-corners", type=parse_bool, metavar="BOOL")
     p.add_argument("--channel-order", choices=("ijk", "xyz"))
     p.add_argument("--channel-axis", choices=("first", "last"))
     p.add_argument("--steps", type=int, help="scaling-and-squaring steps (velocity)")
@@ -58,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resample", choices=("stretch", "reslice"))
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SD", "SH", "SW"),
                    help="reslice spacing in mm")
-    p.add_argument("--stochastic", type=_bool, metavar="BOOL")
+    p.add_argument("--stochastic", type=parse_bool, metavar="BOOL")
     p.add_argument("--description")
     p.add_argument("--provenance", action="append", metavar="KEY=VALUE", default=[],
                    help="add or replace one provenance entry (repeatable; empty VALUE removes it)")
@@ -95,15 +87,36 @@ def infer_card_dict(model: Any, name: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from ..card import ModelCard, read_card, write_card
+    from ..card import ModelCard, write_card
     from ..model_loading import check_card, load_graph
 
     path = Path(args.model)
     if not path.is_file():
         raise CardError(f"model {path}: no such file")
     graph = load_graph(path)
+    base = _starting_card(args, path, graph)
+    _apply_flags(base, args)
+    _apply_provenance(base, args.provenance)
+    if args.batch == "dynamic" and args.batch_size is None:
+        base["batch_size"] = 1
+    if "grid" not in base:
+        raise CardError(f"model {path}: the graph has no static spatial shape; pass --grid D H W")
+    card = ModelCard.from_dict(base)
+    check_card(card, graph, str(path))
+    if args.show:
+        print(card.to_json())
+        return 0
+    written = write_card(path, card, sidecar=args.sidecar)
+    print(f"regrisk card: wrote the card of {path} to {written}")
+    return 0
+
+
+def _starting_card(args: argparse.Namespace, path: Path, graph: Any) -> dict[str, Any]:
+    """The card dict the flags edit: --from-json, else the model's card, else the graph's."""
+    import json
+
+    from ..card import read_card
+
     if args.from_json:
         try:
             base = json.loads(Path(args.from_json).read_text())
@@ -114,11 +127,14 @@ def run(args: argparse.Namespace) -> int:
             base = read_card(path).to_dict()
         except CardError:
             base = infer_card_dict(graph, path.stem)
-    base.setdefault("inputs", {})
-    base.setdefault("output", {})
-    base.setdefault("preprocess", {})
-    base.setdefault("resample", {})
-    sets = {
+    for part in ("inputs", "output", "preprocess", "resample"):
+        base.setdefault(part, {})
+    return base
+
+
+def _flag_values(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
+    """Card field path -> the value its flag was given (None when the flag is absent)."""
+    return {
         ("name",): args.name, ("grid",): args.grid, ("inputs", "layout"): args.layout,
         ("inputs", "source"): args.source_input, ("inputs", "target"): args.target_input,
         ("inputs", "concat"): args.concat_input,
@@ -134,14 +150,21 @@ def run(args: argparse.Namespace) -> int:
         ("resample", "spacing"): args.spacing, ("stochastic",): args.stochastic,
         ("description",): args.description,
     }
-    for keys, value in sets.items():
+
+
+def _apply_flags(base: dict[str, Any], args: argparse.Namespace) -> None:
+    for keys, value in _flag_values(args).items():
         if value is None:
             continue
         node = base
         for k in keys[:-1]:
             node = node[k]
         node[keys[-1]] = list(value) if isinstance(value, (list, tuple)) else value
-    for item in args.provenance:
+
+
+def _apply_provenance(base: dict[str, Any], items: list[str]) -> None:
+    """KEY=VALUE adds or replaces one provenance entry; KEY= removes it."""
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise CardError(f"--provenance {item!r}: expected KEY=VALUE")
@@ -150,15 +173,3 @@ def run(args: argparse.Namespace) -> int:
             prov[key.strip()] = value
         else:
             prov.pop(key.strip(), None)
-    if args.batch == "dynamic" and args.batch_size is None:
-        base["batch_size"] = 1
-    if "grid" not in base:
-        raise CardError(f"model {path}: the graph has no static spatial shape; pass --grid D H W")
-    card = ModelCard.from_dict(base)
-    check_card(card, graph, str(path))
-    if args.show:
-        print(card.to_json())
-        return 0
-    written = write_card(path, card, sidecar=args.sidecar)
-    print(f"regrisk card: wrote the card of {path} to {written}")
-    return 0

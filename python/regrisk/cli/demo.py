@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..errors import InputError
+from .options import add_run_options, check_run_options, show_progress, tune_allocator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,23 +14,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "real brain pair with the paper preset; write the outputs and overview.png.")
     p.add_argument("--out", default="regrisk-demo",
                    help="output folder (default ./regrisk-demo; must not exist unless --overwrite)")
-    p.add_argument("--samples", type=int, default=50, help="number of perturbations K (>= 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(p, samples=50)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    if args.samples < 2:
-        raise InputError(f"--samples must be >= 2 (a spread needs two), got {args.samples}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    check_run_options(args)
+    tune_allocator()
     res = run_demo(args.out, samples=args.samples, seed=args.seed, threads=args.threads,
-                   overwrite=args.overwrite, progress=not args.quiet and sys.stderr.isatty())
+                   overwrite=args.overwrite, progress=show_progress(args))
     print(f"regrisk demo: Colin27 -> MNI152, default network, paper preset, K = {args.samples}, "
           f"{res.seconds:.1f} s")
     print(f"  sigma in the brain: mean {res.sigma_brain_mean_mm:.2f} mm, "

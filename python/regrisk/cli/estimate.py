@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 
-from ..errors import BudgetError, InputError
+from ..errors import BudgetError
+from .options import add_run_options, check_run_options, show_progress, tune_allocator
 
 
 def _bytes(text: str) -> int:
@@ -27,26 +27,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
-    p.add_argument("--samples", type=int, default=50, help="number of perturbations K (>= 2)")
+    add_run_options(p, samples=50)
     p.add_argument("--perturbation", default="paper",
                    help="preset (paper, translation, rotation, scale, shear, affine, bspline, "
                    "none) or spec such as 'bspline(count=8,max=4mm)+rotation(max=3)'")
-    p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
     p.add_argument("--passes", type=int, default=1,
                    help="stochastic passes per perturbation (nested design, stochastic models)")
     p.add_argument("--per-family", action="store_true",
                    help="also write uncertainty_<family>.nii.gz for each family of a mixture")
     p.add_argument("--batch", type=int, default=None, help="samples per network call")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--backend", default=None,
                    help="force a backend (onnxruntime, onnxruntime-cuda, tensorrt, torch); "
                    "default: the device's first available")
     p.add_argument("--memory-budget", type=_bytes, default=None,
                    help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -54,18 +50,16 @@ def run(args: argparse.Namespace) -> int:
     from .. import io
     from ..engine import Estimator
 
-    if args.samples < 2:
-        raise InputError(f"--samples must be >= 2 (a spread needs two), got {args.samples}")
+    check_run_options(args)
     if args.batch is not None and args.batch < 1:
         raise BudgetError(f"--batch must be >= 1, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
     io.check_output(args.out, args.overwrite)  # refuse before any computation
+    tune_allocator()
     with Estimator(args.model, device=args.device, threads=args.threads, batch=args.batch,
                    memory_budget=args.memory_budget, backend=args.backend) as est:
         result = est.estimate(args.source, args.target, samples=args.samples,
                               perturbation=args.perturbation, seed=args.seed, sobol=args.sobol,
-                              progress=not args.quiet and sys.stderr.isatty(), passes=args.passes,
+                              progress=show_progress(args), passes=args.passes,
                               per_family=args.per_family)
     result.save(args.out, overwrite=args.overwrite)
     t = result.timings

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
+from .options import add_run_options, check_run_options, tune_allocator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="region to score (NIfTI, nonzero inside; default: image foreground)")
     p.add_argument("--ground-truth", default="all",
                    help="translation, affine, nonlinear, all, or a comma list (default: all)")
-    p.add_argument("--samples", type=int, default=16, help="perturbations K per map (default 16)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--repeats", type=int, default=1,
                    help="random ground-truth draws per kind and base image (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--perturbation", default="paper",
                    help="perturbation preset/spec for the equivariance map; several separated by "
                    "';' give one map each (default: paper)")
@@ -48,9 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", default="first", choices=("all", "first", "none"),
                    help="plots for every case, the first of each kind, or none (default first)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_run_options(p, samples=16)
     p.set_defaults(func=run)
 
 
@@ -61,6 +58,7 @@ def _split(text: str, sep: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.protocol import EvaluationConfig, evaluate
 
+    check_run_options(args)
     kinds = _split(args.ground_truth, ",")
     if not kinds:
         raise InputError("--ground-truth is empty")
@@ -71,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         base=args.base, stochastic_model=args.stochastic_model,
         baselines=_split(args.baselines, ","), plots=args.plots, device=args.device,
         threads=args.threads, overwrite=args.overwrite)
+    tune_allocator()
     say = None if args.quiet else (lambda msg: print(f"regrisk evaluate: {msg}", file=sys.stderr))
     result = evaluate(args.out, config=cfg, progress=say)
     print(result.table())

@@ -11,14 +11,7 @@ import argparse
 import json
 from typing import Any
 
-
-def _bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from .options import parse_bool
 
 
 def _common(p: argparse.ArgumentParser, grid_default: tuple[int, int, int] | None) -> None:
@@ -49,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a registration network with its model card; the result is checked "
         "against PyTorch in ONNX Runtime before it is written.")
     sub = p.add_subparsers(dest="exporter", metavar="EXPORTER", required=True)
+    _add_unigradicon(sub)
+    _add_voxelmorph(sub)
+    _add_torch(sub)
+    _add_trt(sub)
 
+
+def _add_unigradicon(sub: argparse._SubParsersAction) -> None:
     u = sub.add_parser("unigradicon", help="uniGradICON (unigradicon / icon_registration packages)",
                        description="uniGradICON: absolute map on the target grid in [0, 1].")
     _common(u, (175, 175, 175))
@@ -58,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(HU window -1000..1000, in the graph)")
     u.set_defaults(func=_unigradicon)
 
+
+def _add_voxelmorph(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("voxelmorph", help="VoxelMorph VxmPairwise (voxelmorph 0.3.4, PyTorch)",
                        description="VoxelMorph: monolithic (displacement) or staged (velocity "
                        "head alone; integration by regrisk's compose kernel).")
@@ -72,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reslice spacing in mm")
     v.set_defaults(func=_voxelmorph)
 
+
+def _add_torch(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("torch", help="any PyTorch module: --module package.module:factory",
                        description="Any PyTorch registration module; the card's conventions "
                        "are given as options.")
@@ -84,12 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint-key", help="entry of the checkpoint holding the state dict")
     t.add_argument("--strip-prefix", default="", help="prefix to drop from state-dict keys")
     t.add_argument("--name", default="torch-module")
+    _add_card_options(t)
+    t.set_defaults(func=_torch)
+
+
+def _add_card_options(t: argparse.ArgumentParser) -> None:
+    """The card of an arbitrary module: its conventions, as the user states them."""
     t.add_argument("--layout", choices=("pair", "concat"), default="pair")
     t.add_argument("--order", choices=("source,target", "target,source"), default="source,target",
                    help="channel order of a concatenated input")
     t.add_argument("--kind", choices=("displacement", "map", "velocity"), default="displacement")
     t.add_argument("--units", choices=("voxel", "unit", "normalized"), default="voxel")
-    t.add_argument("--align-corners", type=_bool, default=True, metavar="BOOL")
+    t.add_argument("--align-corners", type=parse_bool, default=True, metavar="BOOL")
     t.add_argument("--channel-order", choices=("ijk", "xyz"), default="ijk")
     t.add_argument("--channel-axis", choices=("first", "last"), default="first")
     t.add_argument("--steps", type=int, default=7, help="scaling-and-squaring steps (velocity)")
@@ -101,8 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resample", choices=("stretch", "reslice"), default="stretch")
     t.add_argument("--spacing", type=float, nargs=3, metavar=("SD", "SH", "SW"))
     t.add_argument("--description", default="")
-    t.set_defaults(func=_torch)
 
+
+def _add_trt(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("trt", help="TensorRT engine from an exported ONNX graph",
                        description="Build a TensorRT engine (tensorrt Python API) with a batch "
                        "optimisation profile; the card goes beside it as <engine>.card.json.")

@@ -1,0 +1,49 @@
+"""Options and checks several subcommands share, so that each is spelled and refused once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InputError
+
+
+def parse_bool(text: str) -> bool:
+    """argparse type for BOOL options: true/false, yes/no, on/off, 1/0."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_run_options(p: argparse.ArgumentParser, samples: int) -> None:
+    """--samples (default ``samples``), --seed, --threads, --overwrite, --quiet."""
+    p.add_argument("--samples", type=int, default=samples,
+                   help=f"number of perturbations K (>= 2, default {samples})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """InputError for a sample count or thread count no run can use."""
+    if args.samples < 2:
+        raise InputError(f"--samples must be >= 2 (a spread needs two), got {args.samples}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person watching a terminal."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def tune_allocator() -> None:
+    """The CLI's opt-in to the engine's allocator tuning (process-wide, so never a library
+    default): large per-batch buffers reuse warm heap pages instead of fresh mmaps."""
+    from ..engine import keep_freed_memory
+
+    keep_freed_memory()
