@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from regrisk.card import ModelCard, read_card, write_card
 from regrisk.errors import OutputError
@@ -77,20 +78,49 @@ def build_engine(
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: output folder does not exist")
     card = check_graph(onnx_path)
+    batch = _batch_profile(batch, card)
+    trt = _import_tensorrt()
+    serialized = _serialize(trt, onnx_path, batch, fp16, workspace_gib, verbose)
+    card.provenance = dict(card.provenance)
+    card.provenance["tensorrt"] = {
+        "source_onnx": onnx_path.name, "fp16": fp16,
+        "batch_profile": [batch.min, batch.opt, batch.max],
+        "versions": {**package_versions("tensorrt"), "tensorrt_runtime": trt.__version__},
+    }
+    with atomic_file(out) as tmp:
+        tmp.write_bytes(memoryview(serialized))
+        write_card(out, card, sidecar=True)
+    if verbose:
+        print(f"wrote {out} (TensorRT {trt.__version__}, fp16={fp16}, "
+              f"batch {batch.min}:{batch.opt}:{batch.max})")
+    return out
+
+
+def _batch_profile(batch: BatchProfile | str | None, card: ModelCard) -> BatchProfile:
+    """The requested profile, checked against a fixed-batch graph; default 1:card:max(8, card)."""
     if isinstance(batch, str):
         batch = BatchProfile.parse(batch)
     if card.batch == "fixed":
         if batch is not None and (batch.min, batch.max) != (card.batch_size, card.batch_size):
             raise ExportError(f"--batch: the graph has a fixed batch of {card.batch_size}")
-        batch = BatchProfile(card.batch_size, card.batch_size, card.batch_size)
-    elif batch is None:
-        batch = BatchProfile(1, max(1, card.batch_size), max(8, card.batch_size))
+        return BatchProfile(card.batch_size, card.batch_size, card.batch_size)
+    if batch is None:
+        return BatchProfile(1, max(1, card.batch_size), max(8, card.batch_size))
+    return batch
+
+
+def _import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
         raise ExportError("TensorRT is not installed (pip install 'regrisk[trt]' on a machine "
                           "with NVIDIA's TensorRT libraries)") from None
+    return trt
 
+
+def _serialize(trt: Any, onnx_path: Path, batch: BatchProfile, fp16: bool, workspace_gib: float,
+               verbose: bool) -> Any:
+    """TensorRT's serialized engine for the graph, with one optimisation profile over batch."""
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -118,17 +148,4 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-
-    card.provenance = dict(card.provenance)
-    card.provenance["tensorrt"] = {
-        "source_onnx": onnx_path.name, "fp16": fp16,
-        "batch_profile": [batch.min, batch.opt, batch.max],
-        "versions": {**package_versions("tensorrt"), "tensorrt_runtime": trt.__version__},
-    }
-    with atomic_file(out) as tmp:
-        tmp.write_bytes(memoryview(serialized))
-        write_card(out, card, sidecar=True)
-    if verbose:
-        print(f"wrote {out} (TensorRT {trt.__version__}, fp16={fp16}, "
-              f"batch {batch.min}:{batch.opt}:{batch.max})")
-    return out
+    return serialized

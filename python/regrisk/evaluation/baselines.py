@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
+
 NAMES = ("inverse_consistency", "mc_dropout", "random")
 
 
@@ -75,8 +77,12 @@ def find_stochastic(model: Any) -> str | None:
     if callable(model) or model is None:
         return None
     if isinstance(model, str) and model == "default":
-        path = Path(__file__).resolve().parent.parent / "models" / "default_stochastic.onnx"
-        return str(path) if path.is_file() else None
+        from ..model_loading import packaged_model_path
+
+        try:
+            return str(packaged_model_path("default-stochastic"))
+        except ModelError:  # not installed with this regrisk
+            return None
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
         sibling = p.with_name(p.stem + "_stochastic" + p.suffix)
@@ -87,6 +93,6 @@ def find_stochastic(model: Any) -> str | None:
 
             if p.is_file() and read_card(p).stochastic:
                 return str(p)
-        except Exception:  # no readable card: the engine will report it for the main model
+        except (OSError, ValueError):  # no readable card: the engine reports it later
             return None
     return None

@@ -33,6 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import identity_grid
+from ..errors import EvaluationError, InputError
+
 KINDS = ("translation", "affine", "nonlinear")
 
 
@@ -67,7 +70,7 @@ class GroundTruth:
         """The new source I o G (trilinear; outside the image is 0)."""
         img = np.ascontiguousarray(image, dtype=np.float32)
         if img.shape != tuple(self.shape):
-            raise ValueError(f"image shape {img.shape} differs from the ground truth's {self.shape}")
+            raise InputError(f"image shape {img.shape} differs from the ground truth's {self.shape}")
         ops = _ops()
         if self.affine is not None:
             return ops.warp(img, affine=self.affine.astype(np.float32), fill=0.0, mode="fill")
@@ -85,14 +88,10 @@ class GroundTruth:
         return pts + d
 
 
-def _grid(shape: tuple[int, int, int]) -> np.ndarray:
-    return np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-
-
 def _affine_inverse_displacement(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     a, b = affine[:, :3].astype(np.float64), affine[:, 3].astype(np.float64)
     inv = np.linalg.inv(a)
-    x = _grid(shape)
+    x = identity_grid(shape).astype(np.float64)
     phi = np.einsum("ij,j...->i...", inv, x - b[:, None, None, None])
     return np.ascontiguousarray(phi - x, dtype=np.float32)
 
@@ -171,10 +170,11 @@ def nonlinear(shape: tuple[int, int, int], rng: np.random.Generator,
         if attempt % 5 == 4:
             amp *= 0.8  # persistent folding: soften
     else:
-        raise RuntimeError("could not draw a non-folding nonlinear ground truth")
+        raise EvaluationError(f"could not draw a non-folding nonlinear ground truth on a "
+                              f"{shape} grid in {attempts} attempts")
     inv, residual = invert_field(total)
     if residual > 1e-2:
-        raise RuntimeError(f"nonlinear ground truth did not invert (residual {residual:.3g} vox)")
+        raise EvaluationError(f"nonlinear ground truth did not invert (residual {residual:.3g} vox)")
     return GroundTruth("nonlinear", shape, inv, dense=np.ascontiguousarray(total, dtype=np.float32),
                        params={"controls": list(controls), "amplitude": amp,
                                "inverse_residual_vox": residual,
@@ -188,7 +188,7 @@ def make(kind: str, shape: tuple[int, int, int], rng: np.random.Generator) -> Gr
         return affine(shape, rng)
     if kind == "nonlinear":
         return nonlinear(shape, rng)
-    raise ValueError(f"ground truth must be one of {', '.join(KINDS)}, not {kind!r}")
+    raise InputError(f"ground truth must be one of {', '.join(KINDS)}, not {kind!r}")
 
 
 def voxel_to_mm(displacement: np.ndarray, affine4: np.ndarray) -> np.ndarray:

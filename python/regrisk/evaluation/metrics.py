@@ -19,16 +19,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def _pair(error: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     e = np.asarray(error, dtype=np.float64).ravel()
     u = np.asarray(uncertainty, dtype=np.float64).ravel()
     if e.shape != u.shape:
-        raise ValueError(f"error and uncertainty differ in size ({e.size} vs {u.size})")
+        raise InputError(f"error and uncertainty differ in size ({e.size} vs {u.size})")
     if e.size < 2:
-        raise ValueError("need at least 2 voxels to compare error and uncertainty")
+        raise InputError("need at least 2 voxels to compare error and uncertainty")
     if not (np.isfinite(e).all() and np.isfinite(u).all()):
-        raise ValueError("error and uncertainty must be finite")
+        raise InputError("error and uncertainty must be finite")
     return e, u
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,16 @@ def _pyplot():  # imported lazily: matplotlib is slow to import and needs the Ag
     return plt
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write and close one figure."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def hexbin(error: np.ndarray, uncertainty: np.ndarray, path: str | Path, *, title: str,
            r: float, rho: float) -> Path:
     """Density of (uncertainty, true error) over the voxels of the region, r and rho shown."""
@@ -29,11 +40,7 @@ def hexbin(error: np.ndarray, uncertainty: np.ndarray, path: str | Path, *, titl
     ax.set_xlabel("uncertainty (mm)")
     ax.set_ylabel("true error |u_gt - u_pred| (mm)")
     ax.set_title(f"{title}\nPearson r = {r:.3f}, Spearman rho = {rho:.3f}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def sparsification(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -53,11 +60,7 @@ def sparsification(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     ax.set_xlim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def montage(image: np.ndarray, error: np.ndarray, maps: Mapping[str, np.ndarray],
@@ -84,11 +87,7 @@ def montage(image: np.ndarray, error: np.ndarray, maps: Mapping[str, np.ndarray]
         if cmap != "gray":
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def convergence(table: list[dict], path: str | Path, *, title: str) -> Path:
@@ -105,8 +104,4 @@ def convergence(table: list[dict], path: str | Path, *, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -16,12 +16,12 @@ the agreement of K-sample maps with a K = 200 map (independent and Sobol draws).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,15 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OutputError
+from .. import io
+from ..arrays import identity_grid
+from ..errors import InputError
 from . import baselines, groundtruth, metrics
 
 CONVERGENCE_SAMPLES = (4, 8, 16, 32, 50, 100, 200)
-PAPER = {  # uniGradICON, Tian, Hu & Iglesias (arXiv 2509.23355), as quoted in DESIGN.md
-    "linear": "r 0.71-0.78",
-    "nonlinear": "r 0.43, rho 0.48",
-    "naurc": "0.29-0.47",
-}
 
 
 @dataclass
@@ -120,41 +117,6 @@ class EvaluationResult:
 
 # -- inputs --------------------------------------------------------------------------------------
 
-def load_volume(spec: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(array float32 (D, H, W), affine (4, 4)) from a path, a nibabel image or a pair."""
-    import nibabel as nib
-
-    if isinstance(spec, tuple) and len(spec) == 2:
-        arr, aff = spec
-    else:
-        if isinstance(spec, (str, os.PathLike)):
-            path = Path(spec)
-            if not path.is_file():
-                raise InputError(f"{what} {path}: no such file")
-            try:
-                spec = nib.load(str(path))
-            except Exception as exc:  # nibabel raises many types for bad files
-                raise InputError(f"{what} {path}: not a readable NIfTI image ({type(exc).__name__})") from None
-        if not hasattr(spec, "affine"):
-            raise InputError(f"{what}: expected a path, a nibabel image or an (array, affine) pair")
-        try:
-            arr, aff = np.asanyarray(spec.dataobj), spec.affine
-        except Exception as exc:
-            raise InputError(f"{what}: image data unreadable ({type(exc).__name__})") from None
-    arr = np.asarray(arr)
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3 or min(arr.shape) < 4:
-        raise InputError(f"{what}: expected a 3-D volume of at least 4^3 voxels, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise InputError(f"{what}: contains NaN or infinite values")
-    aff = np.asarray(aff, dtype=np.float64)
-    if aff.shape != (4, 4) or not np.isfinite(aff).all() or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        raise InputError(f"{what}: affine is not an invertible 4x4 matrix")
-    return arr, aff
-
-
 def foreground(image: np.ndarray) -> np.ndarray:
     """Voxels brighter than 5% of the 99th percentile (skull-stripped MRI: the brain)."""
     hi = float(np.percentile(image, 99))
@@ -165,8 +127,7 @@ def foreground(image: np.ndarray) -> np.ndarray:
 def _region(image: np.ndarray, mask: np.ndarray | None, truth: groundtruth.GroundTruth) -> np.ndarray:
     base = foreground(image) if mask is None else mask
     shape = np.array(image.shape)[:, None, None, None]
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"))
-    pts = grid + truth.displacement
+    pts = identity_grid(image.shape).astype(np.float64) + truth.displacement
     inside = np.all((pts >= 0) & (pts <= shape - 1), axis=0)
     return base & inside
 
@@ -179,24 +140,8 @@ def iter_cases(cfg: EvaluationConfig) -> Iterator[Case]:
     """The cases one at a time (each holds a few full-size volumes); inputs are validated
     before the first is yielded."""
     bases = {"source": ["source"], "target": ["target"], "both": ["source", "target"]}[cfg.base]
-    from ..io import load_image
-
-    images = {}
-    for b in bases:
-        img = load_image(getattr(cfg, b), b)
-        if min(img.shape) < 4:
-            raise InputError(f"{b}: every axis needs at least 4 voxels, got shape {img.shape}")
-        images[b] = (img.data, img.affine)
-    mask = None
-    if cfg.mask is not None:
-        marr, _ = load_volume(cfg.mask, "mask")
-        mask = marr > 0.5
-        for b, (img, _) in images.items():
-            if img.shape != mask.shape:
-                raise InputError(f"mask shape {mask.shape} differs from the {b} image's {img.shape} "
-                                 f"(the mask must be on the grid of every base image; see --base)")
-        if not mask.any():
-            raise InputError("mask selects no voxels")
+    images = _base_images(cfg, bases)
+    mask = _mask(cfg, images)
     for ki, kind in enumerate(cfg.ground_truth):
         for r in range(cfg.repeats):
             for bi, b in enumerate(bases):
@@ -207,6 +152,29 @@ def iter_cases(cfg: EvaluationConfig) -> Iterator[Case]:
                 if region.sum() < 10:
                     raise InputError(f"{b} image: fewer than 10 voxels to score (mask/foreground empty?)")
                 yield Case(kind, r, b, img, aff, truth.apply(img), truth, region, seed)
+
+
+def _base_images(cfg: EvaluationConfig, bases: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(volume, affine) of each base image, read and validated by ``io``."""
+    images = {}
+    for b in bases:
+        img = io.load_image(getattr(cfg, b), b)
+        if min(img.shape) < 4:
+            raise InputError(f"{b}: every axis needs at least 4 voxels, got shape {img.shape}")
+        images[b] = (img.data, img.affine)
+    return images
+
+
+def _mask(cfg: EvaluationConfig, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+    """The user's region of interest, on the grid of every base image (None: foreground)."""
+    if cfg.mask is None:
+        return None
+    mask, _ = io.load_mask(cfg.mask, "mask")
+    for b, (img, _) in images.items():
+        if img.shape != mask.shape:
+            raise InputError(f"mask shape {mask.shape} differs from the {b} image's {img.shape} "
+                             f"(the mask must be on the grid of every base image; see --base)")
+    return mask
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -422,34 +390,6 @@ def _summary_md(cfg: EvaluationConfig, rows: list[dict[str, Any]], conv: list[di
     return "\n".join(out)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a directory")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: no such directory")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{parent}: not writable")
-    tmp = parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _commit_out(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def evaluate(out: str | os.PathLike[str] | None = None, *, config: EvaluationConfig | None = None,
              progress: Callable[[str], None] | None = None, **options: Any) -> EvaluationResult:
     """Run the protocol and write ``metrics.csv``, ``summary.md`` (and ``convergence.csv``,
@@ -461,58 +401,69 @@ def evaluate(out: str | os.PathLike[str] | None = None, *, config: EvaluationCon
     cfg.check()
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
-    tmp = _prepare_out(Path(out), cfg.overwrite) if out is not None else None
-    try:
-        cases = iter_cases(cfg)
-        first_case = next(cases)  # validates images and mask before the model is loaded
-        est = _estimator(cfg.model, cfg)
-        stochastic = _stochastic_estimator(cfg)
+    # The same atomic folder as `estimate`: refused before any computation, built beside the
+    # destination and renamed into place only when everything is written.
+    folder = io.OutputFolder(out, cfg.overwrite) if out is not None else None
+    with (folder if folder is not None else contextlib.nullcontext()) as stage:
         plot_dir = None
-        if tmp is not None and cfg.plots != "none":
-            plot_dir = tmp / "plots"
+        if stage is not None and cfg.plots != "none":
+            plot_dir = stage / "plots"
             plot_dir.mkdir()
-        rows: list[dict[str, Any]] = []
-        conv: list[dict[str, Any]] = []
-        seen_kinds: set[str] = set()
-        total = len(cfg.ground_truth) * cfg.repeats * (2 if cfg.base == "both" else 1)
-        for i, case in enumerate(itertools.chain([first_case], cases)):
-            first = case.kind not in seen_kinds
-            seen_kinds.add(case.kind)
-            want_plot = plot_dir if (cfg.plots == "all" or first) else None
-            say(f"case {i + 1}/{total}: {case.kind}, repeat {case.repeat}, base {case.base}")
-            case_rows, _ = run_case(case, est, cfg, stochastic, want_plot)
-            rows.extend(case_rows)
-            if cfg.convergence and first:
-                say(f"convergence on {case.kind} (K = {', '.join(map(str, cfg.convergence_samples))})")
-                conv.extend(run_convergence(case, est, cfg, max(cfg.convergence_samples)))
+        rows, conv, stochastic = _run_cases(cfg, plot_dir, say)
         info = {"model": _describe_model(cfg.model),
-                "stochastic": "yes" if stochastic is not None else "no stochastic graph",
+                "stochastic": "yes" if stochastic else "no stochastic graph",
                 "seconds": time.perf_counter() - t_start}
-        if tmp is not None:
-            _write_csv(tmp / "metrics.csv", rows, FIELDS)
-            if conv:
-                _write_csv(tmp / "convergence.csv", conv, CONV_FIELDS)
-                if plot_dir is not None:
-                    from . import plots
+        if stage is not None:
+            _write_outputs(stage, plot_dir, cfg, rows, conv, info)
+    return EvaluationResult(Path(out) if out is not None else Path(), rows, conv)
 
-                    for kind in dict.fromkeys(r["ground_truth"] for r in conv):
-                        plots.convergence([r for r in conv if r["ground_truth"] == kind],
-                                          plot_dir / f"convergence_{kind}.png",
-                                          title=f"sample efficiency, {kind} ground truth")
-            (tmp / "summary.md").write_text(_summary_md(cfg, rows, conv, info))
-            (tmp / "config.json").write_text(json.dumps(
-                {"model": info["model"], "samples": cfg.samples, "repeats": cfg.repeats,
-                 "seed": cfg.seed, "ground_truth": list(cfg.ground_truth),
-                 "perturbation": list(cfg.perturbation), "base": cfg.base,
-                 "baselines": list(cfg.baselines), "convergence": cfg.convergence,
-                 "convergence_samples": list(cfg.convergence_samples),
-                 "seconds": round(info["seconds"], 2)}, indent=2))
-            _commit_out(tmp, Path(out))
-            tmp = None
-        return EvaluationResult(Path(out) if out is not None else Path(), rows, conv)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+def _run_cases(cfg: EvaluationConfig, plot_dir: Path | None, say: Callable[[str], None]
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """(metric rows, convergence rows, whether a stochastic graph was scored) over all cases."""
+    cases = iter_cases(cfg)
+    first_case = next(cases)  # validates images and mask before the model is loaded
+    est = _estimator(cfg.model, cfg)
+    stochastic = _stochastic_estimator(cfg)
+    rows: list[dict[str, Any]] = []
+    conv: list[dict[str, Any]] = []
+    seen_kinds: set[str] = set()
+    total = len(cfg.ground_truth) * cfg.repeats * (2 if cfg.base == "both" else 1)
+    for i, case in enumerate(itertools.chain([first_case], cases)):
+        first = case.kind not in seen_kinds
+        seen_kinds.add(case.kind)
+        want_plot = plot_dir if (cfg.plots == "all" or first) else None
+        say(f"case {i + 1}/{total}: {case.kind}, repeat {case.repeat}, base {case.base}")
+        case_rows, _ = run_case(case, est, cfg, stochastic, want_plot)
+        rows.extend(case_rows)
+        if cfg.convergence and first:
+            say(f"convergence on {case.kind} (K = {', '.join(map(str, cfg.convergence_samples))})")
+            conv.extend(run_convergence(case, est, cfg, max(cfg.convergence_samples)))
+    return rows, conv, stochastic is not None
+
+
+def _write_outputs(stage: Path, plot_dir: Path | None, cfg: EvaluationConfig,
+                   rows: list[dict[str, Any]], conv: list[dict[str, Any]],
+                   info: dict[str, Any]) -> None:
+    """metrics.csv, convergence.csv and its plots, summary.md and config.json into ``stage``."""
+    _write_csv(stage / "metrics.csv", rows, FIELDS)
+    if conv:
+        _write_csv(stage / "convergence.csv", conv, CONV_FIELDS)
+        if plot_dir is not None:
+            from . import plots
+
+            for kind in dict.fromkeys(r["ground_truth"] for r in conv):
+                plots.convergence([r for r in conv if r["ground_truth"] == kind],
+                                  plot_dir / f"convergence_{kind}.png",
+                                  title=f"sample efficiency, {kind} ground truth")
+    (stage / "summary.md").write_text(_summary_md(cfg, rows, conv, info))
+    (stage / "config.json").write_text(json.dumps(
+        {"model": info["model"], "samples": cfg.samples, "repeats": cfg.repeats,
+         "seed": cfg.seed, "ground_truth": list(cfg.ground_truth),
+         "perturbation": list(cfg.perturbation), "base": cfg.base,
+         "baselines": list(cfg.baselines), "convergence": cfg.convergence,
+         "convergence_samples": list(cfg.convergence_samples),
+         "seconds": round(info["seconds"], 2)}, indent=2))
 
 
 def _describe_model(model: Any) -> str:
