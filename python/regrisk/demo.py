@@ -86,6 +86,8 @@ def overview_png(path: str | os.PathLike[str], target: np.ndarray, source: np.nd
     """Four columns (target, source, warped source, sigma over target) x three orientations."""
     import matplotlib
 
+    from .io import atomic_file
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -121,14 +123,11 @@ def overview_png(path: str | os.PathLike[str], target: np.ndarray, source: np.nd
     cb.set_label("sigma (mm)")
     if title:
         fig.suptitle(title, fontsize=11)
-    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=90, facecolor="white")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=90, facecolor="white")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def run_demo(out: str | os.PathLike[str] = "regrisk-demo", samples: int = 50, seed: int = 0,

@@ -1,23 +1,12 @@
 """Evaluation of uncertainty maps against known registration error (the paper's protocol):
-metrics, synthetic ground truth, baselines, the protocol itself, plots and the report."""
+metrics, synthetic ground truth, baselines, the protocol itself, plots and the report.
+
+Importing the package loads the protocol (NumPy only); the engine, ONNX Runtime and matplotlib
+are imported when an evaluation runs or plots.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from .protocol import EvaluationConfig, evaluate
 
-_LAZY = {
-    "evaluate": ("regrisk.evaluation.protocol", "evaluate"),
-    "EvaluationConfig": ("regrisk.evaluation.protocol", "EvaluationConfig"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'regrisk.evaluation' has no attribute {name!r}")
-
-
-__all__ = list(_LAZY)
+__all__ = ["evaluate", "EvaluationConfig"]
