@@ -1,4 +1,5 @@
-"""Shared builders for the engine tests: real ONNX graphs (onnx.helper) and NIfTI files.
+"""Shared builders for the tests: real ONNX graphs (onnx.helper) with their cards, NIfTI
+files and test volumes. A helpers module, not a test file: pytest collects nothing here.
 
 The centre-of-mass model predicts u = com(S) - com(T), a constant field. It is exactly
 equivariant to translations (trilinear interpolation preserves mass and shifts the first moment
@@ -92,18 +93,57 @@ def com_model(path: Path, grid: tuple[int, int, int], *, batch: int | str = "B",
         numpy_helper.from_array(np.array([1, 2, 3, 4], np.int64), "ax_all"),
         numpy_helper.from_array(np.array([2, 3, 4], np.int64), "ax_sp"),
     ]
-    nodes = []
-    inputs = []
+    inputs, nodes, (s_name, t_name) = _input_nodes(layout, order, names, batch, grid, inits)
+    nodes += _com_nodes(s_name, t_name, noise)
+    cur = _convention_nodes("u", kind, units, align_corners, channel_order, channel_axis, grid,
+                            nodes, inits)
+    nodes.append(helper.make_node("Identity", [cur], [names["output"]]))
+    out_shape = [batch, 3, D, H, W] if channel_axis == "first" else [batch, D, H, W, 3]
+    graph = helper.make_graph(nodes, "com_registration", inputs,
+                              [helper.make_tensor_value_info(names["output"], TensorProto.FLOAT, out_shape)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if card is not False:
+        card_dict = {
+            "name": "com", "grid": list(grid),
+            "inputs": {"layout": layout, "source": names["source"], "target": names["target"],
+                       "concat": names["concat"], "order": list(order)},
+            "output": {"name": names["output"], "kind": kind, "units": units,
+                       "align_corners": align_corners, "channel_order": channel_order,
+                       "channel_axis": channel_axis},
+            "batch": "fixed" if isinstance(batch, int) else "dynamic",
+            "batch_size": batch if isinstance(batch, int) else 1,
+            "preprocess": {"method": "none"},
+            "stochastic": noise > 0,
+        }
+        if isinstance(card, dict):
+            card_dict.update(card)
+        attach_card_json(model, card_dict)
+    onnx.save(model, str(path))
+    return path
+
+
+def _input_nodes(layout: str, order: tuple[str, str], names: dict[str, str], batch: int | str,
+                 grid: tuple[int, int, int], inits: list) -> tuple[list, list, tuple[str, str]]:
+    """(graph inputs, nodes that split a concatenated input, (source, target) tensor names)."""
+    D, H, W = grid
     if layout == "pair":
         s_name, t_name = names["source"], names["target"]
         inputs = [helper.make_tensor_value_info(s_name, TensorProto.FLOAT, [batch, 1, D, H, W]),
                   helper.make_tensor_value_info(t_name, TensorProto.FLOAT, [batch, 1, D, H, W])]
-    else:
-        inputs = [helper.make_tensor_value_info(names["concat"], TensorProto.FLOAT, [batch, 2, D, H, W])]
-        first, second = ("S", "T") if order == ("source", "target") else ("T", "S")
-        inits.append(numpy_helper.from_array(np.array([1, 1], np.int64), "split"))
-        nodes.append(helper.make_node("Split", [names["concat"], "split"], [first, second], axis=1))
-        s_name, t_name = "S", "T"
+        return inputs, [], (s_name, t_name)
+    inputs = [helper.make_tensor_value_info(names["concat"], TensorProto.FLOAT, [batch, 2, D, H, W])]
+    first, second = ("S", "T") if order == ("source", "target") else ("T", "S")
+    inits.append(numpy_helper.from_array(np.array([1, 1], np.int64), "split"))
+    nodes = [helper.make_node("Split", [names["concat"], "split"], [first, second], axis=1)]
+    return inputs, nodes, ("S", "T")
+
+
+def _com_nodes(s_name: str, t_name: str, noise: float) -> list:
+    """u = com(S) - com(T) broadcast over the grid (plus one noise draw per pass), as "u"."""
+    nodes = []
     for tag, x in (("s", s_name), ("t", t_name)):
         nodes += [
             helper.make_node("ReduceSum", [x, "ax_all"], [f"mass_{tag}"], keepdims=1),
@@ -120,8 +160,13 @@ def com_model(path: Path, grid: tuple[int, int, int], *, batch: int | str = "B",
         ]
         cur = "u_noisy"
     nodes.append(helper.make_node("Add", [cur, "zeros"], ["u"]))
-    cur = "u"
-    # canonical -> the declared convention
+    return nodes
+
+
+def _convention_nodes(cur: str, kind: str, units: str, align_corners: bool, channel_order: str,
+                      channel_axis: str, grid: tuple[int, int, int], nodes: list,
+                      inits: list) -> str:
+    """Append the canonical -> declared-convention nodes after ``cur``; the last tensor name."""
     scale, offset = convention_scale_offset(units, align_corners, grid)
     if kind == "map":
         nodes.append(helper.make_node("Add", [cur, "grid"], ["phi"]))
@@ -141,37 +186,18 @@ def com_model(path: Path, grid: tuple[int, int, int], *, batch: int | str = "B",
     if channel_axis == "last":
         nodes.append(helper.make_node("Transpose", [cur], ["lastaxis"], perm=[0, 2, 3, 4, 1]))
         cur = "lastaxis"
-    nodes.append(helper.make_node("Identity", [cur], [names["output"]]))
-    out_shape = [batch, 3, D, H, W] if channel_axis == "first" else [batch, D, H, W, 3]
-    graph = helper.make_graph(nodes, "com_registration", inputs,
-                              [helper.make_tensor_value_info(names["output"], TensorProto.FLOAT, out_shape)],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    if card is not False:
-        from regrisk.card import METADATA_KEY
+    return cur
 
-        card_dict = {
-            "name": "com", "grid": list(grid),
-            "inputs": {"layout": layout, "source": names["source"], "target": names["target"],
-                       "concat": names["concat"], "order": list(order)},
-            "output": {"name": names["output"], "kind": kind, "units": units,
-                       "align_corners": align_corners, "channel_order": channel_order,
-                       "channel_axis": channel_axis},
-            "batch": "fixed" if isinstance(batch, int) else "dynamic",
-            "batch_size": batch if isinstance(batch, int) else 1,
-            "preprocess": {"method": "none"},
-            "stochastic": noise > 0,
-        }
-        if isinstance(card, dict):
-            card_dict.update(card)
-        import json
 
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(card_dict)
-    onnx.save(model, str(path))
-    return path
+def attach_card_json(model: onnx.ModelProto, card: dict) -> None:
+    """Store a card dict as the model's ``regrisk.card`` metadata, exactly as given (tests
+    write contradictory or partial cards on purpose, so no validation here)."""
+    import json
+
+    from regrisk.card import METADATA_KEY
+
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(card)
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:

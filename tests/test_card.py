@@ -7,7 +7,7 @@ import json
 
 from regrisk.card import read_card, sidecar_path
 from regrisk.cli import main
-from test_engine_helpers import com_model
+from builders import com_model
 
 GRID = (8, 9, 10)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from regrisk.cli import main
-from test_engine_helpers import blob, com_model, oblique_affine, write_nifti
+from builders import blob, com_model, oblique_affine, write_nifti
 
 GRID = (16, 18, 20)
 AFF_T = oblique_affine(spacing=(1.5, 1.0, 2.0), angle_deg=25.0)

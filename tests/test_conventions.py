@@ -12,7 +12,7 @@ from scipy.ndimage import map_coordinates
 from regrisk import Estimator, conventions
 from regrisk.card import ModelCard, Output, Preprocess
 from regrisk.errors import InputError
-from test_engine_helpers import blob, canonical_to_convention, com, com_model, coords
+from builders import blob, canonical_to_convention, com, com_model, coords
 
 GRID = (9, 10, 11)
 CONVENTIONS = [

@@ -1,4 +1,4 @@
-"""Engine tests on real ONNX graphs and analytic expectations (see test_engine_helpers)."""
+"""Engine tests on real ONNX graphs and analytic expectations (see builders.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from regrisk import Estimator
 from regrisk.errors import BudgetError, CardError, InputError, ModelError
-from test_engine_helpers import blob, com, com_model, coords, oblique_affine
+from builders import blob, com, com_model, coords, oblique_affine
 
 GRID = (20, 22, 24)
 AFF = oblique_affine()

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from regrisk import Estimator, perturbations  # noqa: E402
-from regrisk.card import METADATA_KEY, ModelCard  # noqa: E402
+from regrisk.card import ModelCard, write_card  # noqa: E402
 from regrisk.reference import bspline_basis  # noqa: E402
 
 N = 16
@@ -73,15 +73,10 @@ def test_engine_equals_plain_torch_on_exported_cnn(tmp_path):
     torch.onnx.export(net, (x, x), str(path), input_names=["source", "target"],
                       output_names=["flow"], opset_version=17, dynamo=False,
                       dynamic_axes={"source": {0: "B"}, "target": {0: "B"}, "flow": {0: "B"}})
-    import onnx
-
-    model = onnx.load(str(path))
     card = ModelCard(name="cnn", grid=(N, N, N))
     card.output.name = "flow"
     card.preprocess.method = "none"
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, card.to_json()
-    onnx.save(model, str(path))
+    write_card(path, card)
 
     rng = np.random.default_rng(0)
     from scipy.ndimage import gaussian_filter

@@ -15,7 +15,7 @@ from regrisk.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from regrisk.backends.torch_backend import TorchBackend  # noqa: E402
 from regrisk.card import Inputs, ModelCard  # noqa: E402
 from regrisk.errors import ModelError  # noqa: E402
-from test_engine_helpers import blob, com, com_model, oblique_affine  # noqa: E402
+from builders import blob, com, com_model, oblique_affine  # noqa: E402
 
 READY, REASON = device.cuda_ready()
 BACKENDS = device.cuda_backends()

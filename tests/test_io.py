@@ -11,7 +11,7 @@ import pytest
 
 from regrisk import io
 from regrisk.errors import InputError, OutputError
-from test_engine_helpers import oblique_affine, write_nifti
+from builders import oblique_affine, write_nifti
 
 AFF = oblique_affine()
 
