@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from regrisk.card import ModelCard, embed_card
+from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample, embed_card
 from regrisk.errors import ModelError, OutputError, first_line
 
 # float32 graphs must agree with PyTorch to this relative error (max |onnx - torch| / max |torch|).
@@ -465,6 +465,16 @@ def _one_line(exc: BaseException) -> str:
 def _size(path: Path, data: Path | None) -> str:
     n = path.stat().st_size + (data.stat().st_size if data is not None else 0)
     return f"{n / 2**20:.1f} MiB" + (" with external data" if data is not None else "")
+
+
+def pair_card(name: str, grid: Sequence[int], output: Output, preprocess: Preprocess,
+              resample: Resample, description: str) -> ModelCard:
+    """The card of an exported (source, target) network: inputs named ``source`` and ``target``
+    (what ``export_module`` traces), a dynamic batch axis, deterministic (parity-checked)."""
+    return ModelCard(name=name, grid=tuple(int(n) for n in grid),  # type: ignore[arg-type]
+                     inputs=Inputs(layout="pair", source="source", target="target"),
+                     output=output, batch="dynamic", preprocess=preprocess, resample=resample,
+                     stochastic=False, description=description)
 
 
 def version_provenance(exporter: str, packages: Sequence[str],

@@ -24,10 +24,10 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
+from regrisk.card import ModelCard, Output, Preprocess, Resample
 
 from .common import (ExportError, ExportOptions, ExportResult, check_weight_source, export_module,
-                     init_weights, version_provenance)
+                     init_weights, pair_card, version_provenance)
 
 GRID = (175, 175, 175)
 # Two DownsampleRegistration levels, then tallUNet2's five stride-2 stages with ceil-mode pooling:
@@ -176,19 +176,13 @@ def make_card(grid: Sequence[int], modality: str) -> ModelCard:
     else:
         pre = Preprocess(method="percentile", low=0.0, high=99.0)
         note = "MRI: clamp to [min, 99th percentile], scale to [0, 1] (unigradicon.preprocess)"
-    return ModelCard(
-        name="unigradicon",
-        grid=tuple(int(n) for n in grid),  # type: ignore[arg-type]
-        inputs=Inputs(layout="pair", source="source", target="target"),
-        output=Output(name="phi", kind="map", units="unit", align_corners=True,
-                      channel_order="ijk", channel_axis="first"),
-        batch="dynamic",
-        preprocess=pre,
-        resample=Resample(method="stretch"),
-        stochastic=False,
-        description=f"uniGradICON (Tian et al. 2024) exported by regrisk: absolute map on the "
-                    f"target grid in [0, 1] coordinates. {note}.",
-    )
+    return pair_card(
+        "unigradicon", grid,
+        Output(name="phi", kind="map", units="unit", align_corners=True, channel_order="ijk",
+               channel_axis="first"),
+        pre, Resample(method="stretch"),
+        f"uniGradICON (Tian et al. 2024) exported by regrisk: absolute map on the target grid "
+        f"in [0, 1] coordinates. {note}.")
 
 
 def export_unigradicon(

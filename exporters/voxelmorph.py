@@ -15,10 +15,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from regrisk.card import Inputs, ModelCard, Output, Preprocess, Resample
+from regrisk.card import ModelCard, Output, Preprocess, Resample
 
 from .common import (ExportError, ExportOptions, ExportResult, check_weight_source, export_module,
-                     init_weights, version_provenance)
+                     init_weights, pair_card, version_provenance)
 
 GRID = (160, 192, 224)  # VoxelMorph's brain MRI grid (1 mm, affinely aligned)
 FEATURES = (16, 16, 16, 16, 16)
@@ -88,19 +88,10 @@ def make_card(grid: Sequence[int], form: str, steps: int, resample: str = "stret
                         channel_axis="first", steps=int(steps))
         what = (f"stationary velocity in voxels; the engine integrates it ({steps} squarings, "
                 "zeros outside the grid)")
-    return ModelCard(
-        name=f"voxelmorph-{form}",
-        grid=tuple(int(n) for n in grid),  # type: ignore[arg-type]
-        inputs=Inputs(layout="pair", source="source", target="target"),
-        output=output,
-        batch="dynamic",
-        preprocess=Preprocess(method="minmax"),
-        resample=Resample(method=resample,
-                          spacing=tuple(float(s) for s in spacing) if spacing else None),
-        stochastic=False,
-        description=f"VoxelMorph VxmPairwise (Balakrishnan et al. 2019) exported by regrisk, "
-                    f"{form}: {what}.",
-    )
+    return pair_card(
+        f"voxelmorph-{form}", grid, output, Preprocess(method="minmax"),
+        Resample(method=resample, spacing=tuple(float(s) for s in spacing) if spacing else None),
+        f"VoxelMorph VxmPairwise (Balakrishnan et al. 2019) exported by regrisk, {form}: {what}.")
 
 
 def export_voxelmorph(

@@ -245,19 +245,6 @@ def test_reslice_grid_and_world_displacement():
     np.testing.assert_allclose(pred.displacement[:, 7, 7, 7], shift, atol=0.2)
 
 
-def test_identity_grid_map_shortcut_equals_resampling():
-    from regrisk import kernels, spaces
-    from regrisk.card import ModelCard
-
-    v = np.random.default_rng(0).random(GRID).astype(np.float32)
-    gm = spaces.grid_map(GRID, AFF, ModelCard(name="i", grid=GRID))
-    assert gm.is_identity
-    direct = kernels.warp(v, affine=gm.pullback, shape=GRID, mode="border")
-    np.testing.assert_allclose(gm.to_grid(v, kernels), direct, atol=1e-6)
-    np.testing.assert_allclose(gm.to_native(v, kernels), direct, atol=1e-6)
-    assert not spaces.grid_map((20, 22, 25), AFF, ModelCard(name="i", grid=GRID)).is_identity
-
-
 def test_per_family_maps_separate_the_families(model_path, pair, tmp_path):
     """Under the paper mixture the centre-of-mass model is exact for translations (map ~0) and
     not for scale, shear or B-spline perturbations; each family's map uses its own samples."""

@@ -115,8 +115,18 @@ def test_cuda_backends_refuse_to_import_without_gpu(module):
 # --- on a GPU: each backend equals the CPU -------------------------------------------------
 
 
-def _com_card_model(tmp_path):
-    return com_model(tmp_path / "com.onnx", GRID)
+def _com_on_cpu(tmp_path, step: float):
+    """(model source, card, source batch, target batch, the CPU backend's output) for the
+    centre-of-mass graph on five sources shifted by ``step`` voxels each."""
+    from regrisk.card import read_card
+
+    path = com_model(tmp_path / "com.onnx", GRID)
+    card = read_card(path)
+    src = ModelSource(path=path, label="com")
+    s = np.stack([blob(GRID, (9 + step * k, 10.5, 11.0)) for k in range(5)])[:, None].astype(np.float32)
+    t = np.broadcast_to(blob(GRID, (10.0, 10.5, 11.0)), s.shape).astype(np.float32).copy()
+    want = OnnxRuntimeBackend(src, card, threads=1).run({"source": s, "target": t})
+    return src, card, s, t, want
 
 
 @gpu
@@ -125,14 +135,8 @@ def test_onnxruntime_cuda_io_binding_equals_cpu(tmp_path, rng):
     import cupy as cp
 
     from regrisk.backends.onnxruntime_cuda import OnnxRuntimeCudaBackend
-    from regrisk.card import read_card
 
-    path = _com_card_model(tmp_path)
-    card = read_card(path)
-    src = ModelSource(path=path, label="com")
-    s = np.stack([blob(GRID, (9 + k, 10.5, 11.0)) for k in range(5)])[:, None].astype(np.float32)
-    t = np.broadcast_to(blob(GRID, (10.0, 10.5, 11.0)), s.shape).astype(np.float32).copy()
-    want = OnnxRuntimeBackend(src, card, threads=1).run({"source": s, "target": t})
+    src, card, s, t, want = _com_on_cpu(tmp_path, step=1.0)
     be = OnnxRuntimeCudaBackend(src, card)
     with cp.cuda.Stream(non_blocking=True):  # inputs made on a side stream: ordering by events
         got = be.run({"source": cp.asarray(s) * 1.0, "target": cp.asarray(t) + 0.0})
@@ -148,14 +152,8 @@ def test_tensorrt_dynamic_batch_in_chunks_equals_cpu(tmp_path, rng):
     import cupy as cp
 
     from regrisk.backends.tensorrt import TensorRTBackend
-    from regrisk.card import read_card
 
-    path = _com_card_model(tmp_path)
-    card = read_card(path)
-    src = ModelSource(path=path, label="com")
-    s = np.stack([blob(GRID, (9 + 0.5 * k, 10.5, 11.0)) for k in range(5)])[:, None].astype(np.float32)
-    t = np.broadcast_to(blob(GRID, (10.0, 10.5, 11.0)), s.shape).astype(np.float32).copy()
-    want = OnnxRuntimeBackend(src, card, threads=1).run({"source": s, "target": t})
+    src, card, s, t, want = _com_on_cpu(tmp_path, step=0.5)
     be = TensorRTBackend(src, card, options={"max_batch": 2, "opt_batch": 2})
     got = be.run({"source": cp.asarray(s), "target": cp.asarray(t)})  # 5 = 2 + 2 + 1
     np.testing.assert_allclose(cp.asnumpy(got), want, atol=1e-4)
@@ -219,7 +217,7 @@ def test_engine_cuda_equals_cpu_for_the_same_seed(perturbation):
 @gpu
 @needs("onnxruntime-cuda")
 def test_engine_onnxruntime_cuda_equals_cpu(tmp_path):
-    path = _com_card_model(tmp_path)
+    path = com_model(tmp_path / "com.onnx", GRID)
     S = blob(GRID, (9.0, 11.5, 12.5))
     T = blob(GRID, (10.0, 10.5, 11.0))
     kw = dict(samples=10, perturbation="paper", seed=7)
