@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -153,7 +154,7 @@ def validate(net: torch.nn.Module, gen: synth.Synth, count: int) -> dict:
     return {"dice_before": sum(before) / k, "dice_after": sum(after) / k, "epe": sum(epe) / k}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "run")
     ap.add_argument("--iters", type=int, default=3000)
@@ -188,98 +189,137 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--time-limit", type=float, default=0.0,
                     help="stop (with a checkpoint) after this many seconds of this session")
-    args = ap.parse_args(argv)
+    return ap
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.out / "checkpoint.pt"
 
-    torch.manual_seed(args.seed)
-    net = network.build({"flow_init": args.flow_init, "refine_steps": args.refine_steps}).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    start, log, val, wall = 0, [], [], 0.0
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
-        start, log, val, wall = ck["iter"], ck["log"], ck["val"], ck["wall_s"]
+@dataclass
+class Run:
+    """A training run's state: what a checkpoint holds, and how it is written and restored."""
+
+    args: argparse.Namespace
+    device: torch.device
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    start: int = 0
+    log: list = field(default_factory=list)
+    val: list = field(default_factory=list)
+    wall: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.args.out / "checkpoint.pt"
+
+    def _common(self) -> dict:
+        return {"model": self.net.state_dict(), "log": self.log, "val": self.val,
+                "wall_s": self.wall, "config": self.net.config,
+                "args": vars(self.args) | {"out": str(self.args.out)},
+                "hardware": hardware(self.device)}
+
+    def resume(self) -> None:
+        ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        self.net.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optim"])
+        self.start, self.log, self.val, self.wall = ck["iter"], ck["log"], ck["val"], ck["wall_s"]
         if "rng" in ck:  # dropout masks continue the stream they would have drawn
             torch.set_rng_state(ck["rng"])
-            if device.type == "cuda" and ck.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ck["cuda_rng"], device)
-        print(f"resumed at iteration {start} ({wall:.0f} s trained so far)", flush=True)
+            if self.device.type == "cuda" and ck.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
+        print(f"resumed at iteration {self.start} ({self.wall:.0f} s trained so far)", flush=True)
 
+    def checkpoint(self, it: int) -> None:
+        """checkpoint.pt (with the random state), training.json and the loss curve."""
+        args, cuda = self.args, self.device.type == "cuda"
+        state = self._common() | {
+            "optim": self.opt.state_dict(), "iter": it, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None}
+        atomic_save(state, self.ckpt_path)
+        summary = {k: state[k] for k in ("iter", "wall_s", "config", "hardware")}
+        summary |= {"seed": args.seed, "lr": args.lr, "lam": args.lam, "sup": args.sup,
+                    "sup_until": args.sup_until, "crop": list(args.crop), "iters_planned": args.iters,
+                    "val": self.val, "last_train": self.log[-50:]}
+        tmp = args.out / ".training.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, args.out / "training.json")
+        if self.log:
+            plot_curve(self.log, self.val, args.out / "loss_curve.png")
+
+    def keep_best(self, it: int) -> None:
+        """best.pt: the best held-out checkpoint (validation pairs are never trained on)."""
+        atomic_save(self._common() | {"iter": it, "optim": self.opt.state_dict()},
+                    self.args.out / "best.pt")
+
+
+def _generators(args: argparse.Namespace, device: torch.device) -> tuple[synth.Synth, synth.Synth]:
+    """(training pairs on random crops, validation pairs on the full model grid)."""
     crop = tuple(args.crop)
     # affine centres jittered so that crops see the full model grid's displacement statistics
     jitter = tuple(max(0.0, (n - m) / 2.0) for n, m in zip(synth.SynthConfig().grid, crop))
     gen = synth.Synth(args.seed, synth.SynthConfig(grid=crop, centre_jitter=jitter,
                                                    p_template=args.p_template), device=device)
-    # validation on the full model grid
     valgen = synth.Synth(VAL_SEED, synth.SynthConfig(p_template=args.p_template), device=device)
+    return gen, valgen
+
+
+def train_step(run: Run, gen: synth.Synth, it: int) -> None:
+    """One optimiser step on iteration ``it``'s pairs; appends to the log."""
+    args, net, opt = run.args, run.net, run.opt
+    lr = args.lr * (0.3 if it >= args.lr_drop * args.iters else 1.0)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    t0 = time.time()
+    gen.g.manual_seed(pair_seed(args.seed, it))
+    pair = batch_pairs([gen.pair() for _ in range(args.batch)])
+    sup = args.sup * max(0.0, 1.0 - it / max(1.0, args.sup_until * args.iters))
+    loss, dice, smooth = loss_terms(net, pair, args.lam, sup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    # batch 1 on random pairs: clip the rare huge gradients (seen to diverge without)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+    opt.step()
+    run.wall += time.time() - t0
+    run.log.append({"iter": it + 1, "dice_loss": dice, "smooth": smooth, "sup": sup,
+                    "wall_s": round(run.wall, 2)})
+    if (it + 1) % 10 == 0:
+        recent = run.log[-10:]
+        print(f"it {it + 1} dice_loss {sum(r['dice_loss'] for r in recent) / 10:.4f} "
+              f"smooth {smooth:.4f} wall {run.wall:.0f}s lr {lr:g}", flush=True)
+
+
+def validation_step(run: Run, valgen: synth.Synth, it: int) -> None:
+    t0 = time.time()
+    v = validate(run.net, valgen, run.args.val_pairs) | {"iter": it}
+    run.wall += time.time() - t0
+    run.val.append(v)
+    print(f"val {v}", flush=True)
+    if v["dice_after"] >= max(x["dice_after"] for x in run.val):
+        run.keep_best(it)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    net = network.build({"flow_init": args.flow_init, "refine_steps": args.refine_steps}).to(device)
+    run = Run(args, device, net, torch.optim.Adam(net.parameters(), lr=args.lr))
+    if args.resume and run.ckpt_path.exists():
+        run.resume()
+    gen, valgen = _generators(args, device)
     net.train()
     t_session = time.time()
-
-    def checkpoint(it: int) -> None:
-        state = {"model": net.state_dict(), "optim": opt.state_dict(), "iter": it, "log": log,
-                 "val": val, "wall_s": wall, "config": net.config, "args": vars(args) | {"out": str(args.out)},
-                 "hardware": hardware(device), "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        atomic_save(state, ckpt_path)
-        summary = {k: state[k] for k in ("iter", "wall_s", "config", "hardware")}
-        summary |= {"seed": args.seed, "lr": args.lr, "lam": args.lam, "sup": args.sup,
-                    "sup_until": args.sup_until, "crop": list(args.crop), "iters_planned": args.iters,
-                    "val": val, "last_train": log[-50:]}
-        tmp = args.out / ".training.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, args.out / "training.json")
-        if log:
-            plot_curve(log, val, args.out / "loss_curve.png")
-
-    it = start
-    for it in range(start, args.iters):
-        lr = args.lr * (0.3 if it >= args.lr_drop * args.iters else 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        t0 = time.time()
-        gen.g.manual_seed(pair_seed(args.seed, it))
-        pair = batch_pairs([gen.pair() for _ in range(args.batch)])
-        sup = args.sup * max(0.0, 1.0 - it / max(1.0, args.sup_until * args.iters))
-        loss, dice, smooth = loss_terms(net, pair, args.lam, sup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # batch 1 on random pairs: clip the rare huge gradients (seen to diverge without)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
-        opt.step()
-        wall += time.time() - t0
-        log.append({"iter": it + 1, "dice_loss": dice, "smooth": smooth, "sup": sup,
-                    "wall_s": round(wall, 2)})
-        if (it + 1) % 10 == 0:
-            recent = log[-10:]
-            print(f"it {it + 1} dice_loss {sum(r['dice_loss'] for r in recent) / 10:.4f} "
-                  f"smooth {smooth:.4f} wall {wall:.0f}s lr {lr:g}", flush=True)
+    for it in range(run.start, args.iters):
+        train_step(run, gen, it)
         if (it + 1) % args.val_every == 0:
-            t0 = time.time()
-            v = validate(net, valgen, args.val_pairs) | {"iter": it + 1}
-            wall += time.time() - t0
-            val.append(v)
-            print(f"val {v}", flush=True)
-            if v["dice_after"] >= max(x["dice_after"] for x in val):
-                # keep the best held-out checkpoint too (validation pairs are never trained on)
-                atomic_save({"model": net.state_dict(), "iter": it + 1, "log": log, "val": val,
-                             "wall_s": wall, "config": net.config,
-                             "args": vars(args) | {"out": str(args.out)},
-                             "hardware": hardware(device), "optim": opt.state_dict()},
-                            args.out / "best.pt")
+            validation_step(run, valgen, it + 1)
         if (it + 1) % args.every == 0:
-            checkpoint(it + 1)
+            run.checkpoint(it + 1)
         if args.time_limit and time.time() - t_session > args.time_limit:
-            it += 1
-            checkpoint(it)
-            print(f"time limit reached at iteration {it}", flush=True)
+            run.checkpoint(it + 1)
+            print(f"time limit reached at iteration {it + 1}", flush=True)
             return 0
-    checkpoint(args.iters)
-    print(f"done: {args.iters} iterations, {wall:.0f} s", flush=True)
+    run.checkpoint(args.iters)
+    print(f"done: {args.iters} iterations, {run.wall:.0f} s", flush=True)
     return 0
 
 
