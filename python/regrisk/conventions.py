@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import array_module, identity_grid  # identity_grid: also imported from here
+from .arrays import array_module, identity_grid
 from .card import ModelCard, Output
 from .errors import CardError, InputError, ModelError
 
