@@ -3,12 +3,12 @@
 // tabulated once. Each parallel loop writes disjoint outputs with a fixed tap order, so the
 // result does not depend on the thread count.
 #include "bspline/bspline.h"
-#include "warp/warp.h"  // team_for
 
 #include <vector>
 
+#include "common/parallel.h"
+
 namespace regrisk {
-namespace cpu {
 namespace {
 
 struct AxisTable {
@@ -27,16 +27,16 @@ AxisTable axis_table(int64_t n, int64_t c) {
   return t;
 }
 
-}  // namespace
-
-void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 g, int threads) {
+// control (B, 3, cg) -> out (B, 3, g).
+void separable_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 g, int threads) {
+  using cpu::chunk_for;
   const AxisTable tz = axis_table(g.d, cg.d), ty = axis_table(g.h, cg.h),
                   tx = axis_table(g.w, cg.w);
   const int64_t planes = B * 3;
   // Stage 1: (planes, cD, cH, cW) -> (planes, cD, cH, W); stage 2: -> (planes, cD, H, W).
   std::vector<float> s1(planes * cg.d * cg.h * g.w), s2(planes * cg.d * g.h * g.w);
   const int64_t rows1 = planes * cg.d * cg.h;
-#pragma omp parallel num_threads(team_for(threads, planes * g.size()))
+#pragma omp parallel num_threads(cpu::team_for(threads, planes * g.size()))
   {
 #pragma omp for schedule(dynamic, chunk_for(g.w))
     for (int64_t r = 0; r < rows1; ++r) {
@@ -75,5 +75,10 @@ void bspline_field(const float* control, int64_t B, Grid3 cg, float* out, Grid3 
   }
 }
 
-}  // namespace cpu
+}  // namespace
+
+void bspline_field(const Array& control, const Array& out, Threads threads) {
+  separable_field(control.in(), control.dim(0), control.grid(2), out.out(), out.grid(2), threads.n);
+}
+
 }  // namespace regrisk

@@ -4,10 +4,14 @@
 //   u = t - i; value = sum_k B_k(u) ctrl[i - 1 + k], k = 0..3; tensor product over 3 axes.
 // A one-voxel axis (n == 1) has no spacing; it maps to t = 1 (the first interior knot).
 //
-// REGRISK_HD inline pieces for bsplineCUDA.cu; no pybind11, OpenMP or STL containers here.
+// Arrays: control (B, 3, cD, cH, cW), every c >= 4 -> out (B, 3, D, H, W); checked by
+// bspline/checks.h before either build runs. The CUDA build is bsplineCUDA.h. The per-axis
+// pieces are REGRISK_HD inline so that bsplineCUDA.cu reuses them.
 #pragma once
 
-#include "common/sampling.h"
+#include "common/array.h"
+#include "common/execution.h"
+#include "common/grid.h"
 
 namespace regrisk {
 
@@ -33,12 +37,8 @@ REGRISK_HD void bspline_locate(int64_t x, int64_t n, int64_t c, int64_t& first, 
   first = i - 1;
 }
 
-#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
-namespace cpu {
-
-// control (B, 3, cgrid) -> out (B, 3, grid); separable (three 4-tap passes).
-void bspline_field(const float* control, int64_t B, Grid3 cgrid, float* out, Grid3 grid, int threads);
-
-}  // namespace cpu
+#if !defined(__CUDACC__)
+// The C++/OpenMP build (bspline.cpp): separable, three 4-tap passes.
+void bspline_field(const Array& control, const Array& out, Threads threads);
 #endif  // !__CUDACC__
 }  // namespace regrisk

@@ -7,16 +7,13 @@
 // so the kernel is bound by the output writes. The CPU contracts in the order W, H, D; the sums
 // here run D, H, W, so the two agree to float32 rounding (a few ulp), not bit for bit.
 // Control grids wider than kMaxCtrl along W fall back to a per-voxel kernel (64 taps per voxel).
-#include <cuda_runtime.h>
-
-#include <cstdint>
+#include "bspline/bsplineCUDA.h"
 
 #include "bspline/bspline.h"
-#include "bspline/bsplineCUDA.h"
 #include "common/launch.cuh"
-#include "warp/warpCUDA.h"
 
-namespace regrisk::cuda {
+namespace regrisk {
+namespace cuda {
 namespace {
 
 // Weights and first control index for voxel x on an axis of n voxels and c control points.
@@ -40,8 +37,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_vox = int64_t(g.d) * g.h * g.w;
   const int64_t n_ctrl = cg.size();
   for (int64_t bi = blockIdx.y; bi < b; bi += gridDim.y) {
-    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < n_vox;
-         n += int64_t(gridDim.x) * blockDim.x) {
+    for (int64_t n = first_voxel(); n < n_vox; n += voxel_stride()) {
       const uint32_t n32 = static_cast<uint32_t>(n);
       const uint32_t t = n32 / g.w, k = n32 - t * g.w, i = t / g.h, j = t - i * g.h;
       float wz[4], wy[4], wx[4];
@@ -112,28 +108,26 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 }  // namespace
+}  // namespace cuda
 
-void bspline_field(const float* control, int64_t b, int64_t cd, int64_t ch, int64_t cw,
-                   float* out, int64_t D, int64_t H, int64_t W, int device, std::uintptr_t stream) {
-  const int64_t n_vox = D * H * W;
-  if (b == 0 || n_vox == 0) return;
-  detail::check_voxels(n_vox, "bspline_field");
-  const detail::DeviceGuard guard(device);
-  const Grid3 cg{cd, ch, cw};
-  const Dims32 g{uint32_t(D), uint32_t(H), uint32_t(W)};
-  const auto s = reinterpret_cast<cudaStream_t>(stream);
-  if (cw <= kMaxCtrl) {
-    const int64_t rows = D * H;
+void bspline_field(const Array& control, const Array& out, Stream stream) {
+  using namespace cuda;
+  const Grid3 cg = control.grid(2), og = out.grid(2);
+  const Dims32 g = dims32(og, "bspline_field");
+  const int64_t b = control.dim(0);
+  if (cg.w <= kMaxCtrl) {
+    const int64_t rows = og.d * og.h;
     const dim3 grid(static_cast<unsigned>(rows < 65535 * 64 ? rows : 65535 * 64),
                     static_cast<unsigned>(b < 65535 ? b : 65535));
     // Enough threads for the row's voxels and its 3 * cW contractions, in whole warps.
-    const int64_t want = ((W > 3 * cw ? W : 3 * cw) + 31) / 32 * 32;
+    const int64_t want = ((og.w > 3 * cg.w ? og.w : 3 * cg.w) + 31) / 32 * 32;
     const int threads = static_cast<int>(want < kThreads ? want : kThreads);
-    bspline_rows_kernel<<<grid, threads, 0, s>>>(control, b, cg, g, out);
+    launch("bspline_field", stream, grid, threads, bspline_rows_kernel, control.in(), b, cg, g,
+           out.out());
   } else {
-    bspline_kernel<<<grid_for(n_vox, b), kThreads, 0, s>>>(control, b, cg, g, out);
+    launch("bspline_field", stream, grid_for(og.size(), b), kThreads, bspline_kernel, control.in(),
+           b, cg, g, out.out());
   }
-  detail::check_launch("bspline_field");
 }
 
-}  // namespace regrisk::cuda
+}  // namespace regrisk

@@ -1,13 +1,12 @@
-// CUDA launcher for the dense cubic B-spline field. Kernel: bsplineCUDA.cu.
-// Device pointers, float32, C-contiguous; asynchronous on `stream`.
+// The CUDA build of bspline_field (kernels in bsplineCUDA.cu): the same arrays as bspline.h, in
+// device memory, checked by bspline/checks.h. Launches are asynchronous on the stream.
 #pragma once
 
-#include <cstdint>
+#include "common/array.h"
+#include "common/execution.h"
 
-namespace regrisk::cuda {
+namespace regrisk {
 
-// control (B, 3, cD, cH, cW), each c >= 4 -> out (B, 3, D, H, W).
-void bspline_field(const float* control, int64_t b, int64_t cd, int64_t ch, int64_t cw,
-                   float* out, int64_t D, int64_t H, int64_t W, int device, std::uintptr_t stream);
+void bspline_field(const Array& control, const Array& out, Stream stream);
 
-}  // namespace regrisk::cuda
+}  // namespace regrisk

@@ -3,12 +3,15 @@
 //   affine tau:  u_g(x) = A (x + u(x)) + b - x            (exact)
 //   dense tau:   u_g(x) = u(x) + d(x + u(x))               (trilinear sample of d)
 //
-// Per-voxel steps are REGRISK_HD inline so composeCUDA.cu reuses them; no pybind11, OpenMP or
-// STL containers here.
+// Arrays: disp (B, 3, D, H, W); affine (Ba, 3, 4) or field (Bf, 3, d, h, w) on the source grid,
+// Ba and Bf 1 or B; out (B, 3, D, H, W). Checked by compose/checks.h before either build runs.
+// The CUDA build is composeCUDA.h.
 #pragma once
 
-#include "common/sampling.h"
-#include "warp/warp.h"
+#include "common/array.h"
+#include "common/boundary.h"
+#include "common/execution.h"
+#include "common/grid.h"
 
 namespace regrisk {
 
@@ -26,17 +29,12 @@ REGRISK_HD void compose_affine_voxel(const float* A, T z, T y, T x, T uz, T uy, 
        (static_cast<T>(A[10]) - T(1)) * px + static_cast<T>(A[11]) + ux;
 }
 
-#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
-namespace cpu {
+#if !defined(__CUDACC__)
+// The C++/OpenMP build (compose.cpp).
+void compose_affine(const Array& disp, const Array& affine, const Array& out, Threads threads);
 
-// disp (B, 3, grid), affine (Ba, 3, 4) with Ba 1 or B, out (B, 3, grid).
-void compose_affine(const float* disp, int64_t B, Grid3 grid, const float* affine, int64_t Ba,
-                    float* out, int threads);
-
-// disp (B, 3, grid), field (Bf, 3, fgrid) with Bf 1 or B, out (B, 3, grid).
-void compose_field(const float* disp, int64_t B, Grid3 grid, const float* field, int64_t Bf,
-                   Grid3 fgrid, float* out, float fill, Boundary mode, int threads);
-
-}  // namespace cpu
+void compose_field(const Array& disp, const Array& field, const Array& out, float fill,
+                   Boundary mode, Threads threads);
 #endif  // !__CUDACC__
+
 }  // namespace regrisk

@@ -3,22 +3,22 @@
 // float32 storage once. Blocks are scheduled dynamically (chunk_for); every voxel's arithmetic
 // is independent of the thread count and of the schedule.
 #include "welford/welford.h"
-#include "warp/warp.h"  // team_for
 
 #include <cmath>
 
+#include "common/parallel.h"
+
 namespace regrisk {
-namespace cpu {
 namespace {
+
 constexpr int64_t kBlock = 256;  // voxels per block: 9 * 256 doubles stay in L1
-}
 
 // One block of voxels [v0, v0 + nv) absorbs the whole batch. Built for AVX2 as well where
 // the compiler can (4 doubles per instruction instead of 2); the same IEEE operations run in
 // either build (no FMA contraction: the clone targets avx2 only), so results do not change.
 REGRISK_CPU_CLONES
-static void update_block(int64_t count_before, float* mean, float* m2, int64_t N,
-                         const float* batch, int64_t B, int64_t v0, int64_t nv) {
+void update_block(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
+                  int64_t B, int64_t v0, int64_t nv) {
   double mu[3][kBlock], s[6][kBlock];
   for (int c = 0; c < 3; ++c)
     for (int64_t v = 0; v < nv; ++v) mu[c][v] = mean[c * N + v0 + v];
@@ -39,61 +39,60 @@ static void update_block(int64_t count_before, float* mean, float* m2, int64_t N
     for (int64_t v = 0; v < nv; ++v) m2[c * N + v0 + v] = static_cast<float>(s[c][v]);
 }
 
-void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
-                    int64_t B, int threads) {
-  const int64_t blocks = (N + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, chunk_for(kBlock * (B + 1))) \
-    num_threads(team_for(threads, N))
+}  // namespace
+
+void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
+                    Threads threads) {
+  const int64_t N = mean.dim(1), B = batch.dim(0), blocks = (N + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, cpu::chunk_for(kBlock * (B + 1))) \
+    num_threads(cpu::team_for(threads.n, N))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
-    update_block(count_before, mean, m2, N, batch, B, v0, nv);
+    update_block(count_before, mean.out(), m2.out(), N, batch.in(), B, v0, nv);
   }
 }
 
-void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const float* mean_b,
-                   const float* m2_b, int64_t N, int threads) {
+void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
+                   const Array& mean_b, const Array& m2_b, Threads threads) {
   const double na = static_cast<double>(n_a), nb = static_cast<double>(n_b);
-#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
-  for (int64_t v = 0; v < N; ++v) {
+  const int64_t N = mean_a.dim(1);
+  float *mean = mean_a.out(), *m2 = m2_a.out();
+  const float *mean_other = mean_b.in(), *m2_other = m2_b.in();
+  cpu::for_each_voxel(N, threads.n, [&](int64_t v) {
     double ma[3], qa[6], mb[3], qb[6];
-    for (int c = 0; c < 3; ++c) {
-      ma[c] = mean_a[c * N + v];
-      mb[c] = mean_b[c * N + v];
-    }
-    for (int c = 0; c < 6; ++c) {
-      qa[c] = m2_a[c * N + v];
-      qb[c] = m2_b[c * N + v];
-    }
+    load_state<double>(mean, m2, N, v, ma, qa);
+    load_state<double>(mean_other, m2_other, N, v, mb, qb);
     chan_merge<double>(na, nb, ma, qa, mb, qb);
-    for (int c = 0; c < 3; ++c) mean_a[c * N + v] = static_cast<float>(ma[c]);
-    for (int c = 0; c < 6; ++c) m2_a[c * N + v] = static_cast<float>(qa[c]);
-  }
+    store_state<double>(mean, m2, N, v, ma, qa);
+  });
 }
 
-void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
-                   int threads) {
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                   Threads threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
+  const int64_t N = m2.dim(1);
+  const float* q = m2.in();
+  float* o = out.out();
   double G[6];
-  gram_upper<double>(M, G);
-#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
-  for (int64_t v = 0; v < N; ++v) {
-    const double q[6] = {m2[v], m2[N + v], m2[2 * N + v], m2[3 * N + v], m2[4 * N + v],
-                         m2[5 * N + v]};
-    out[v] = static_cast<float>(std::sqrt(mapped_trace<double>(q, scale, G)));
-  }
+  gram_upper<double>(M.in(), G);
+  cpu::for_each_voxel(N, threads.n, [&](int64_t v) {
+    const double s[6] = {q[v], q[N + v], q[2 * N + v], q[3 * N + v], q[4 * N + v], q[5 * N + v]};
+    o[v] = static_cast<float>(std::sqrt(mapped_trace<double>(s, scale, G)));
+  });
 }
 
-void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out,
-                        int threads) {
+void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                        Threads threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
-#pragma omp parallel for schedule(dynamic, 16384) num_threads(team_for(threads, N))
-  for (int64_t v = 0; v < N; ++v) {
-    double q[6], var[3];
-    for (int c = 0; c < 6; ++c) q[c] = m2[c * N + v];
-    mapped_variances<double>(q, scale, M, var);
-    for (int c = 0; c < 3; ++c) out[c * N + v] = static_cast<float>(std::sqrt(var[c]));
-  }
+  const int64_t N = m2.dim(1);
+  const float *q = m2.in(), *m = M.in();
+  float* o = out.out();
+  cpu::for_each_voxel(N, threads.n, [&](int64_t v) {
+    double s[6], var[3];
+    for (int c = 0; c < 6; ++c) s[c] = q[c * N + v];
+    mapped_variances<double>(s, scale, m, var);
+    for (int c = 0; c < 3; ++c) o[c * N + v] = static_cast<float>(std::sqrt(var[c]));
+  });
 }
 
-}  // namespace cpu
 }  // namespace regrisk

@@ -3,11 +3,15 @@
 //
 // Storage (in the caller): mean (3, N) and M2 (6, N) float32, M2 the sum of outer products of
 // deviations, components xx, xy, xz, yy, yz, zz. The per-voxel functions below work on
-// registers of type Acc (double on the CPU) so that small spreads survive the float32 storage.
-// REGRISK_HD inline for welfordCUDA.cu; no pybind11, OpenMP or STL containers here.
+// registers of type Acc (double in both builds) so that small spreads survive the float32
+// storage. Arrays: mean (3, N), m2 (6, N), batch (B, 3, N), M (3, 3) in host memory; checked by
+// welford/checks.h before either build runs. The CUDA build is welfordCUDA.h; the per-voxel
+// pieces below are REGRISK_HD inline so that it reuses them.
 #pragma once
 
-#include "common/sampling.h"
+#include "common/array.h"
+#include "common/execution.h"
+#include "common/grid.h"
 
 namespace regrisk {
 
@@ -35,6 +39,21 @@ template <typename Acc>
 REGRISK_HD void welford_step(Acc inv_n, Acc x0, Acc x1, Acc x2, Acc mean[3], Acc m2[6]) {
   welford_step<Acc>(inv_n, x0, x1, x2, mean[0], mean[1], mean[2], m2[0], m2[1], m2[2], m2[3],
                     m2[4], m2[5]);
+}
+
+// Voxel v's accumulator from storage into registers, and back; components are N apart.
+template <typename Acc>
+REGRISK_HD void load_state(const float* mean, const float* m2, int64_t N, int64_t v, Acc mu[3],
+                           Acc s[6]) {
+  for (int c = 0; c < 3; ++c) mu[c] = mean[c * N + v];
+  for (int c = 0; c < 6; ++c) s[c] = m2[c * N + v];
+}
+
+template <typename Acc>
+REGRISK_HD void store_state(float* mean, float* m2, int64_t N, int64_t v, const Acc mu[3],
+                            const Acc s[6]) {
+  for (int c = 0; c < 3; ++c) mean[c * N + v] = static_cast<float>(mu[c]);
+  for (int c = 0; c < 6; ++c) m2[c * N + v] = static_cast<float>(s[c]);
 }
 
 // Chan et al.: accumulator a (n_a samples) absorbs b (n_b samples); n_a + n_b > 0.
@@ -92,23 +111,24 @@ REGRISK_HD Acc mapped_trace(const Acc s6[6], Acc scale, const Acc G[6]) {
   return t > Acc(0) ? t : Acc(0);
 }
 
-#if !defined(__CUDACC__)  // host-only: the C++/OpenMP kernels
-namespace cpu {
+#if !defined(__CUDACC__)
+// The C++/OpenMP build (welford.cpp).
 
-// In place: mean (3, N), m2 (6, N) holding count_before samples absorb batch (B, 3, N).
-void welford_update(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
-                    int64_t B, int threads);
+// In place: mean, m2 holding count_before samples absorb batch.
+void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
+                    Threads threads);
 
 // In place into a: (n_a, mean_a, m2_a) absorbs (n_b, mean_b, m2_b).
-void welford_merge(int64_t n_a, float* mean_a, float* m2_a, int64_t n_b, const float* mean_b,
-                   const float* m2_b, int64_t N, int threads);
+void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
+                   const Array& mean_b, const Array& m2_b, Threads threads);
 
 // out (N,) = sqrt(tr(M Sigma M^T)); Sigma = m2 / (count - 1); count >= 2.
-void welford_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out, int threads);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                   Threads threads);
 
 // out (3, N) = sqrt(diag(M Sigma M^T)).
-void welford_axis_sigma(int64_t count, const float* m2, int64_t N, const float* M, float* out, int threads);
-
-}  // namespace cpu
+void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                        Threads threads);
 #endif  // !__CUDACC__
+
 }  // namespace regrisk

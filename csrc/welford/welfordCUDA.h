@@ -1,27 +1,25 @@
-// CUDA launchers for streaming per-voxel mean / covariance of 3-vector fields (Welford, Chan).
-// Kernels: welfordCUDA.cu. Device pointers, float32, C-contiguous; asynchronous on `stream`.
-// Layout: mean (3, N), m2 (6, N) with components xx, xy, xz, yy, yz, zz; N voxels.
+// The CUDA build of the Welford ops (kernels in welfordCUDA.cu): the same arrays as welford.h,
+// mean / m2 / batch / out in device memory, M in host memory (passed to the kernels by value);
+// checked by welford/checks.h. Launches are asynchronous on the stream.
 #pragma once
 
 #include <cstdint>
 
-namespace regrisk::cuda {
+#include "common/array.h"
+#include "common/execution.h"
 
-// Folds batch (B, 3, N) into (mean, m2), which hold `count` samples before the call.
-void welford_update(int64_t count, float* mean, float* m2, const float* batch, int64_t b,
-                    int64_t n, int device, std::uintptr_t stream);
+namespace regrisk {
 
-// (n_a, mean_a, m2_a) <- merge with (n_b, mean_b, m2_b); in place on a.
-void welford_merge(int64_t count_a, float* mean_a, float* m2_a, int64_t count_b,
-                   const float* mean_b, const float* m2_b, int64_t n, int device,
-                   std::uintptr_t stream);
+void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
+                    Stream stream);
 
-// out (N,) = sqrt(tr(M Sigma M^T)), Sigma = m2 / (count - 1); M row-major 3x3 (host memory).
-void welford_sigma(int64_t count, const float* m2, const float* m, float* out, int64_t n,
-                   int device, std::uintptr_t stream);
+void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
+                   const Array& mean_b, const Array& m2_b, Stream stream);
 
-// out (3, N) = sqrt(diag(M Sigma M^T)).
-void welford_axis_sigma(int64_t count, const float* m2, const float* m, float* out, int64_t n,
-                        int device, std::uintptr_t stream);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                   Stream stream);
 
-}  // namespace regrisk::cuda
+void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                        Stream stream);
+
+}  // namespace regrisk

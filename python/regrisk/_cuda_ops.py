@@ -1,14 +1,17 @@
 """Thin launchers from CuPy arrays to the CUDA kernels in ``regrisk._cuda``.
 
-Internal: ``regrisk.kernels`` validates shapes and dtypes, allocates ``out`` and calls these for
-CuPy inputs. Each function passes raw device pointers, the arrays' device and CuPy's *current*
-stream, so the kernel is ordered after whatever CuPy work produced its inputs and before
-whatever consumes its output, without copies or synchronisation.
+Internal: ``regrisk.kernels`` validates and normalises the arguments, allocates ``out`` and calls
+these for CuPy inputs. Each passes the arrays themselves (the binding reads them through
+``__cuda_array_interface__`` and checks them as ``regrisk._core`` checks NumPy arrays), the arrays'
+device and CuPy's *current* stream, so the kernel is ordered after whatever CuPy work produced its
+inputs and before whatever consumes its output, without copies or synchronisation.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 try:
     from . import _cuda
@@ -23,8 +26,8 @@ import cupy
 Array = Any  # cupy.ndarray, float32, C-contiguous
 
 
-def _launch_context(*arrays: Array) -> tuple[int, int]:
-    """(device ordinal, current stream handle) for arrays that must share one device."""
+def _launch(*arrays: Array) -> tuple[int, int]:
+    """launch = (device ordinal, current stream handle) for arrays that must share one device."""
     device = arrays[0].device.id
     for a in arrays[1:]:
         if a.device.id != device:
@@ -46,90 +49,57 @@ def _small_device_array(x: Array, like: Array) -> Array:
         return cupy.ascontiguousarray(cupy.asarray(x, dtype=cupy.float32))
 
 
-def _matrix9(M: Any) -> list[float]:
-    """A 3x3 voxel->mm matrix as nine floats (passed by value to the kernel)."""
-    if isinstance(M, cupy.ndarray):
-        M = M.get()
-    import numpy
-
-    m = numpy.asarray(M, dtype=numpy.float32)
-    if m.shape != (3, 3):
-        raise ValueError(f"M must be a 3x3 matrix, got shape {m.shape}")
-    return [float(v) for v in m.ravel()]
+def _host_matrix(M: Any) -> np.ndarray:
+    """The 3x3 voxel->mm matrix as host float32 (the kernels take it by value)."""
+    return np.ascontiguousarray(cupy.asnumpy(M) if isinstance(M, cupy.ndarray) else M, np.float32)
 
 
 def warp_displacement(volume: Array, disp: Array, out: Array, fill: float, border: bool) -> None:
     """out (B,C,d,h,w) = volume (Bv,C,D,H,W) sampled at x + disp (B,3,d,h,w)."""
-    device, stream = _launch_context(volume, disp, out)
-    bv, c, D, H, W = volume.shape
-    b, _, d, h, w = disp.shape
-    _cuda.warp_displacement(volume.data.ptr, bv, c, D, H, W, disp.data.ptr, b, d, h, w,
-                            out.data.ptr, float(fill), bool(border), device, stream)
+    _cuda.warp_displacement(volume, disp, out, fill, border, _launch(volume, disp, out))
 
 
 def warp_affine(volume: Array, affine: Array, out: Array, fill: float, border: bool) -> None:
     """out (B,C,d,h,w) = volume (Bv,C,D,H,W) sampled at A_b x + t_b, affine (B,3,4)."""
     affine = _small_device_array(affine, volume)
-    device, stream = _launch_context(volume, affine, out)
-    bv, c, D, H, W = volume.shape
-    b, _, d, h, w = out.shape
-    _cuda.warp_affine(volume.data.ptr, bv, c, D, H, W, affine.data.ptr, b, d, h, w,
-                      out.data.ptr, float(fill), bool(border), device, stream)
+    _cuda.warp_affine(volume, affine, out, fill, border, _launch(volume, affine, out))
 
 
 def compose_affine(disp: Array, affine: Array, out: Array) -> None:
     """out (B,3,D,H,W) = A (x + u(x)) + t - x; affine (Ba,3,4), Ba in {1, B}."""
     affine = _small_device_array(affine, disp)
-    device, stream = _launch_context(disp, affine, out)
-    b, _, D, H, W = disp.shape
-    _cuda.compose_affine(disp.data.ptr, b, D, H, W, affine.data.ptr, affine.shape[0],
-                         out.data.ptr, device, stream)
+    _cuda.compose_affine(disp, affine, out, _launch(disp, affine, out))
 
 
 def compose_field(disp: Array, field: Array, out: Array, fill: float, border: bool) -> None:
     """out (B,3,D,H,W) = u(x) + f(x + u(x)); field (Bf,3,d,h,w), Bf in {1, B}."""
-    device, stream = _launch_context(disp, field, out)
-    b, _, D, H, W = disp.shape
-    bf, _, d, h, w = field.shape
-    _cuda.compose_field(disp.data.ptr, b, D, H, W, field.data.ptr, bf, d, h, w, out.data.ptr,
-                        float(fill), bool(border), device, stream)
+    _cuda.compose_field(disp, field, out, fill, border, _launch(disp, field, out))
 
 
 def bspline_field(control: Array, out: Array) -> None:
     """out (B,3,D,H,W) from control points (B,3,cD,cH,cW)."""
-    device, stream = _launch_context(control, out)
-    b, _, cd, ch, cw = control.shape
-    _, _, D, H, W = out.shape
-    _cuda.bspline_field(control.data.ptr, b, cd, ch, cw, out.data.ptr, D, H, W, device, stream)
+    _cuda.bspline_field(control, out, _launch(control, out))
 
 
 def welford_update(count_before: int, mean: Array, m2: Array, batch: Array) -> None:
     """In place: mean (3,N), m2 (6,N) holding ``count_before`` samples absorb batch (B,3,N)."""
-    device, stream = _launch_context(mean, m2, batch)
-    _cuda.welford_update(int(count_before), mean.data.ptr, m2.data.ptr, batch.data.ptr,
-                         batch.shape[0], mean.shape[1], device, stream)
+    _cuda.welford_update(count_before, mean, m2, batch, _launch(mean, m2, batch))
 
 
 def welford_merge(n_a: int, mean_a: Array, m2_a: Array, n_b: int, mean_b: Array,
                   m2_b: Array) -> None:
     """In place into a: (n_a, mean_a, m2_a) absorbs (n_b, mean_b, m2_b) (Chan et al.)."""
-    device, stream = _launch_context(mean_a, m2_a, mean_b, m2_b)
-    _cuda.welford_merge(int(n_a), mean_a.data.ptr, m2_a.data.ptr, int(n_b), mean_b.data.ptr,
-                        m2_b.data.ptr, mean_a.shape[1], device, stream)
+    _cuda.welford_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b, _launch(mean_a, m2_a, mean_b, m2_b))
 
 
 def welford_sigma(count: int, m2: Array, M: Any, out: Array) -> None:
     """out (N,) = sqrt(tr(M Sigma M^T)), Sigma = m2 / (count - 1)."""
-    device, stream = _launch_context(m2, out)
-    _cuda.welford_sigma(int(count), m2.data.ptr, _matrix9(M), out.data.ptr, m2.shape[1],
-                        device, stream)
+    _cuda.welford_sigma(count, m2, _host_matrix(M), out, _launch(m2, out))
 
 
 def welford_axis_sigma(count: int, m2: Array, M: Any, out: Array) -> None:
     """out (3,N) = sqrt(diag(M Sigma M^T))."""
-    device, stream = _launch_context(m2, out)
-    _cuda.welford_axis_sigma(int(count), m2.data.ptr, _matrix9(M), out.data.ptr, m2.shape[1],
-                             device, stream)
+    _cuda.welford_axis_sigma(count, m2, _host_matrix(M), out, _launch(m2, out))
 
 
 class SideStream:
