@@ -168,3 +168,19 @@ def test_info_reports_versions_build_and_providers(capsys):
     assert "onnxruntime" in info["backends"]
     assert main(["info"]) == 0
     assert "providers:" in capsys.readouterr().out
+
+
+def test_allocator_tuning_is_an_opt_in_the_cli_makes(files, tmp_path, monkeypatch):
+    """Tuning glibc's allocator is process-wide: the library never does it on its own, the
+    command line asks for it once before building the estimator."""
+    from regrisk import Estimator, engine, memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("memory") or True)
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append("engine") or True)
+    with Estimator(str(files["model"])) as est:
+        S = blob(GRID, (7.0, 9.5, 10.0))
+        est.estimate((S, AFF_S), (S, AFF_S), samples=2, perturbation="translation")
+    assert calls == []
+    assert _run(files, tmp_path / "o", "--samples", "2", "--perturbation", "translation") == 0
+    assert calls == ["engine"]
