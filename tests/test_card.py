@@ -82,3 +82,30 @@ def test_not_onnx(tmp_path, capsys):
     p.write_bytes(b"\x08\x07garbage" * 30)
     assert main(["card", str(p), "--grid", "8", "9", "10"]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_input_names_and_channels_of_each_layout():
+    from regrisk.card import Inputs
+
+    pair = Inputs(layout="pair", source="moving", target="fixed", concat="unused")
+    assert pair.names() == ("moving", "fixed") and pair.channels == 1
+    concat = Inputs(layout="concat", source="unused", target="unused", concat="both")
+    assert concat.names() == ("both",) and concat.channels == 2
+
+
+def test_embed_card_replaces_the_card_and_keeps_other_metadata(tmp_path):
+    import onnx
+
+    from regrisk.card import METADATA_KEY, ModelCard, embed_card
+
+    path = com_model(tmp_path / "m.onnx", GRID)
+    model = onnx.load(str(path))
+    other = model.metadata_props.add()
+    other.key, other.value = "author", "someone"
+    card = read_card(path)
+    card.description = "replaced"
+    embed_card(model, card)
+    props = [(p.key, p.value) for p in model.metadata_props]
+    assert [k for k, _ in props].count(METADATA_KEY) == 1 and ("author", "someone") in props
+    stored = ModelCard.from_json(dict(props)[METADATA_KEY])
+    assert stored.description == "replaced" and stored.grid == GRID

@@ -134,3 +134,37 @@ def test_output_folder_has_the_permissions_of_a_plain_mkdir(tmp_path):
         assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
     finally:
         os.umask(umask)
+
+
+def test_atomic_file_replaces_on_success_and_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.card.json"
+    io.write_text_atomic(target, "first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with io.atomic_file(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.suffix == ".json" and tmp != target
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "first"
+    with io.atomic_file(target) as tmp:
+        tmp.write_text("second")
+        assert target.read_text() == "first"  # readers see the old file until the rename
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.card.json"]  # no leftovers
+
+
+def test_masks_may_be_constant_but_not_empty(tmp_path):
+    full = write_nifti(tmp_path / "full.nii.gz", np.ones((5, 6, 7, 1), np.uint8), AFF)
+    mask, affine = io.load_mask(full)
+    assert mask.dtype == bool and mask.shape == (5, 6, 7) and mask.all()
+    np.testing.assert_allclose(affine, AFF, atol=1e-5)
+    part = np.zeros((5, 6, 7), np.float32)
+    part[1:3, 2:4, 3:5] = 1.0
+    part[0, 0, 0] = 0.4  # below one half: outside
+    assert io.load_mask((part, AFF))[0].sum() == 8
+    with pytest.raises(InputError, match="selects no voxels"):
+        io.load_mask((np.zeros((5, 6, 7), np.uint8), AFF))
+    with pytest.raises(InputError, match="no such file"):
+        io.load_mask(tmp_path / "missing.nii.gz")
+    with pytest.raises(InputError, match="NaN or Inf"):
+        io.load_mask((np.full((5, 6, 7), np.nan, np.float32), AFF))
