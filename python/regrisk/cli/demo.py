@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_run_options, check_run_options, show_progress, tune_allocator
+from .options import (add_run_options, add_sample_options, check_run_options, show_progress,
+                      tune_allocator)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "real brain pair with the paper preset; write the outputs and overview.png.")
     p.add_argument("--out", default="regrisk-demo",
                    help="output folder (default ./regrisk-demo; must not exist unless --overwrite)")
-    add_run_options(p, samples=50)
+    add_sample_options(p, samples=50)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,8 @@ import argparse
 import re
 
 from ..errors import BudgetError
-from .options import add_run_options, check_run_options, show_progress, tune_allocator
+from .options import (add_run_options, add_sample_options, check_run_options, show_progress,
+                      tune_allocator)
 
 
 def _bytes(text: str) -> int:
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
-    add_run_options(p, samples=50)
+    add_sample_options(p, samples=50)
     p.add_argument("--perturbation", default="paper",
                    help="preset (paper, translation, rotation, scale, shear, affine, bspline, "
                    "none) or spec such as 'bspline(count=8,max=4mm)+rotation(max=3)'")
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default: the device's first available")
     p.add_argument("--memory-budget", type=_bytes, default=None,
                    help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

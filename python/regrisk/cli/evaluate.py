@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from .options import add_run_options, check_run_options, tune_allocator
+from .options import add_run_options, add_sample_options, check_run_options, tune_allocator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ground-truth", default="all",
                    help="translation, affine, nonlinear, all, or a comma list (default: all)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    add_sample_options(p, samples=16)
     p.add_argument("--repeats", type=int, default=1,
                    help="random ground-truth draws per kind and base image (default 1)")
     p.add_argument("--perturbation", default="paper",
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", default="first", choices=("all", "first", "none"),
                    help="plots for every case, the first of each kind, or none (default first)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    add_run_options(p, samples=16)
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -18,11 +18,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_run_options(p: argparse.ArgumentParser, samples: int) -> None:
-    """--samples (default ``samples``), --seed, --threads, --overwrite, --quiet."""
+def add_sample_options(p: argparse.ArgumentParser, samples: int) -> None:
+    """--samples (default ``samples``) and --seed."""
     p.add_argument("--samples", type=int, default=samples,
                    help=f"number of perturbations K (>= 2, default {samples})")
     p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--threads, --overwrite, --quiet (after a command's own options in --help)."""
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
