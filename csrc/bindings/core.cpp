@@ -11,12 +11,12 @@
 
 #include <string>
 
-// The C++/OpenMP builds (the Threads overloads) that bind_kernels calls.
+// The ops (bind_kernels calls their Threads overloads, the C++/OpenMP builds), then the shared
+// binding.
 #include "bspline/bspline.h"
 #include "compose/compose.h"
 #include "warp/warp.h"
 #include "welford/welford.h"
-// Then the shared binding.
 #include "bindings/kernels.h"
 #include "common/parallel.h"
 
@@ -51,6 +51,24 @@ struct HostKernels {
 
 void set_num_threads(int n) { regrisk::cpu::set_default_threads(checked_threads(n, "n", 1)); }
 
+// Compiler settings that shape the kernels' code: optimisation, assertions, baseline ISA.
+constexpr const char* kFlags =
+#if defined(__OPTIMIZE__)
+    " optimized"
+#endif
+#if defined(NDEBUG)
+    " NDEBUG"
+#endif
+#if defined(__AVX2__)
+    " avx2"
+#elif defined(__SSE2__)
+    " sse2"
+#endif
+#if defined(__FAST_MATH__)
+    " fast-math"
+#endif
+    "";
+
 py::dict build_info() {
   py::dict d;
 #if defined(REGRISK_OPENMP)
@@ -67,23 +85,7 @@ py::dict build_info() {
 #else
   d["compiler"] = std::string("unknown");
 #endif
-  std::string flags;
-#if defined(__OPTIMIZE__)
-  flags += "optimized ";
-#endif
-#if defined(NDEBUG)
-  flags += "NDEBUG ";
-#endif
-#if defined(__AVX2__)
-  flags += "avx2 ";
-#elif defined(__SSE2__)
-  flags += "sse2 ";
-#endif
-#if defined(__FAST_MATH__)
-  flags += "fast-math ";
-#endif
-  if (!flags.empty()) flags.pop_back();
-  d["flags"] = flags;
+  d["flags"] = std::string(kFlags[0] ? kFlags + 1 : kFlags);  // without the leading space
   // Hot loops also built for AVX2 (REGRISK_CPU_CLONES) and whether this CPU runs that build.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   d["avx2_clones"] = true;

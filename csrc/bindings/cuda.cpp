@@ -10,12 +10,11 @@
 #include <cstdint>
 #include <utility>
 
-// The CUDA builds (the Stream overloads) that bind_kernels calls.
-#include "bspline/bsplineCUDA.h"
-#include "compose/composeCUDA.h"
-#include "warp/warpCUDA.h"
-#include "welford/welfordCUDA.h"
-// Then the shared binding.
+// The ops (bind_kernels calls their Stream overloads, the CUDA builds), then the shared binding.
+#include "bspline/bspline.h"
+#include "compose/compose.h"
+#include "warp/warp.h"
+#include "welford/welford.h"
 #include "bindings/kernels.h"
 
 namespace py = pybind11;

@@ -5,8 +5,8 @@
 // A one-voxel axis (n == 1) has no spacing; it maps to t = 1 (the first interior knot).
 //
 // Arrays: control (B, 3, cD, cH, cW), every c >= 4 -> out (B, 3, D, H, W); checked by
-// bspline/checks.h before either build runs. The CUDA build is bsplineCUDA.h. The per-axis
-// pieces are REGRISK_HD inline so that bsplineCUDA.cu reuses them.
+// bspline/checks.h before either build runs. The per-axis pieces are REGRISK_HD inline so that
+// bsplineCUDA.cu reuses them.
 #pragma once
 
 #include "common/array.h"
@@ -37,8 +37,8 @@ REGRISK_HD void bspline_locate(int64_t x, int64_t n, int64_t c, int64_t& first, 
   first = i - 1;
 }
 
-#if !defined(__CUDACC__)
-// The C++/OpenMP build (bspline.cpp): separable, three 4-tap passes.
+// Two builds, picked by the last argument: Threads runs the C++/OpenMP build (bspline.cpp,
+// separable: three 4-tap passes), Stream enqueues the CUDA build (bsplineCUDA.cu).
 void bspline_field(const Array& control, const Array& out, Threads threads);
-#endif  // !__CUDACC__
+void bspline_field(const Array& control, const Array& out, Stream stream);
 }  // namespace regrisk

@@ -7,8 +7,6 @@
 // so the kernel is bound by the output writes. The CPU contracts in the order W, H, D; the sums
 // here run D, H, W, so the two agree to float32 rounding (a few ulp), not bit for bit.
 // Control grids wider than kMaxCtrl along W fall back to a per-voxel kernel (64 taps per voxel).
-#include "bspline/bsplineCUDA.h"
-
 #include "bspline/bspline.h"
 #include "common/launch.cuh"
 

@@ -5,7 +5,6 @@
 //
 // Arrays: disp (B, 3, D, H, W); affine (Ba, 3, 4) or field (Bf, 3, d, h, w) on the source grid,
 // Ba and Bf 1 or B; out (B, 3, D, H, W). Checked by compose/checks.h before either build runs.
-// The CUDA build is composeCUDA.h.
 #pragma once
 
 #include "common/array.h"
@@ -29,12 +28,14 @@ REGRISK_HD void compose_affine_voxel(const float* A, T z, T y, T x, T uz, T uy, 
        (static_cast<T>(A[10]) - T(1)) * px + static_cast<T>(A[11]) + ux;
 }
 
-#if !defined(__CUDACC__)
-// The C++/OpenMP build (compose.cpp).
+// Each op in two builds, picked by the last argument: Threads runs the C++/OpenMP build
+// (compose.cpp), Stream enqueues the CUDA build (composeCUDA.cu; arrays in device memory).
 void compose_affine(const Array& disp, const Array& affine, const Array& out, Threads threads);
+void compose_affine(const Array& disp, const Array& affine, const Array& out, Stream stream);
 
 void compose_field(const Array& disp, const Array& field, const Array& out, float fill,
                    Boundary mode, Threads threads);
-#endif  // !__CUDACC__
+void compose_field(const Array& disp, const Array& field, const Array& out, float fill,
+                   Boundary mode, Stream stream);
 
 }  // namespace regrisk

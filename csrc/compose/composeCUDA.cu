@@ -1,8 +1,6 @@
 // CUDA kernels for compose: one thread per voxel of one batch item. Per-voxel math is shared
 // with the CPU build: compose_affine_voxel (compose.h) and the CPU's per-point trilinear
 // sampling (trilinear_at / trilinear_value, common/sampling.h).
-#include "compose/composeCUDA.h"
-
 #include "common/launch.cuh"
 #include "common/sampling.h"
 #include "compose/compose.h"

@@ -8,56 +8,74 @@
 #include "common/point_sampler.h"
 
 namespace regrisk {
+namespace {
 
-void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
-                       Boundary mode, Threads threads) {
-  const Grid3 in = volume.grid(2), og = disp.grid(2);
-  const int64_t Bv = volume.dim(0), C = volume.dim(1), B = disp.dim(0);
+// Samples `volume` at the points that row_points(b, i, j) gives for each output row: a callable
+// filling z, y, x for the chunk (k0, n) of that row.
+template <class RowPoints>
+void warp_rows(const Array& volume, const Array& out, float fill, Boundary mode, int threads,
+               RowPoints row_points) {
+  const Grid3 in = volume.grid(2), og = out.grid(2);
+  const int64_t Bv = volume.dim(0), C = volume.dim(1), B = out.dim(0);
   const int64_t n_in = in.size(), n_out = og.size();
   const float* src = volume.in();
-  const float* u = disp.in();
   float* dst = out.out();
-  cpu::for_each_row(B, og, C * og.w, B * C * n_out, threads.n, [&](int64_t b, int64_t i, int64_t j) {
-    const int64_t row = (i * og.h + j) * og.w;
-    const float* u_row = u + b * 3 * n_out + row;
+  cpu::for_each_row(B, og, C * og.w, B * C * n_out, threads, [&](int64_t b, int64_t i, int64_t j) {
     const float* vol = src + broadcast_index(b, Bv) * C * n_in;
-    float* o = dst + b * C * n_out + row;
+    float* o = dst + b * C * n_out + (i * og.h + j) * og.w;
+    const auto points = row_points(b, i, j);
     float z[cpu::kChunk], y[cpu::kChunk], x[cpu::kChunk];
     cpu::for_each_chunk(og.w, [&](int k0, int n) {
-      cpu::displaced_points(u_row, n_out, static_cast<float>(i), static_cast<float>(j), k0, n,
-                            z, y, x);
+      points(k0, n, z, y, x);
       cpu::sample_points(vol, C, n_in, in, z, y, x, n, o + k0, n_out, mode, fill);
     });
   });
 }
 
+}  // namespace
+
+void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
+                       Boundary mode, Threads threads) {
+  const Grid3 og = disp.grid(2);
+  const int64_t n_out = og.size();
+  const float* u = disp.in();
+  warp_rows(volume, out, fill, mode, threads.n, [&](int64_t b, int64_t i, int64_t j) {
+    const float* u_row = u + b * 3 * n_out + (i * og.h + j) * og.w;
+    return [=](int k0, int n, float* z, float* y, float* x) {
+      cpu::displaced_points(u_row, n_out, static_cast<float>(i), static_cast<float>(j), k0, n,
+                            z, y, x);
+    };
+  });
+}
+
+// A row's affine (a copy; the coordinate buffers, __restrict, cannot alias it) and its (i, j).
+struct AffineRow {
+  float A[12];
+  double i, j;
+
+  void operator()(int k0, int n, float* __restrict z, float* __restrict y,
+                  float* __restrict x) const {
+#pragma omp simd
+    for (int p = 0; p < n; ++p) {
+      // The coordinate in double (as on the GPU), rounded once to float for the sample.
+      double zd, yd, xd;
+      affine_point<double>(A, i, j, static_cast<double>(k0 + p), zd, yd, xd);
+      z[p] = static_cast<float>(zd);
+      y[p] = static_cast<float>(yd);
+      x[p] = static_cast<float>(xd);
+    }
+  }
+};
+
 void warp_affine(const Array& volume, const Array& affine, const Array& out, float fill,
                  Boundary mode, Threads threads) {
-  const Grid3 in = volume.grid(2), og = out.grid(2);
-  const int64_t Bv = volume.dim(0), C = volume.dim(1), B = affine.dim(0);
-  const int64_t n_in = in.size(), n_out = og.size();
-  const float* src = volume.in();
   const float* aff = affine.in();
-  float* dst = out.out();
-  cpu::for_each_row(B, og, C * og.w, B * C * n_out, threads.n, [&](int64_t b, int64_t i, int64_t j) {
-    float A[12];  // a local copy: the coordinate buffers cannot alias it
-    for (int c = 0; c < 12; ++c) A[c] = aff[b * 12 + c];
-    const float* vol = src + broadcast_index(b, Bv) * C * n_in;
-    float* o = dst + b * C * n_out + (i * og.h + j) * og.w;
-    const double di = static_cast<double>(i), dj = static_cast<double>(j);
-    float z[cpu::kChunk], y[cpu::kChunk], x[cpu::kChunk];
-    cpu::for_each_chunk(og.w, [&](int k0, int n) {
-#pragma omp simd
-      for (int p = 0; p < n; ++p) {
-        // The coordinate in double (as on the GPU), rounded once to float for the sample.
-        double zd, yd, xd;
-        affine_point<double>(A, di, dj, static_cast<double>(k0 + p), zd, yd, xd);
-        z[p] = static_cast<float>(zd);
-        y[p] = static_cast<float>(yd);
-        x[p] = static_cast<float>(xd);
-      }
-      cpu::sample_points(vol, C, n_in, in, z, y, x, n, o + k0, n_out, mode, fill);
-    });
+  warp_rows(volume, out, fill, mode, threads.n, [&](int64_t b, int64_t i, int64_t j) {
+    AffineRow row;
+    for (int c = 0; c < 12; ++c) row.A[c] = aff[b * 12 + c];
+    row.i = static_cast<double>(i);
+    row.j = static_cast<double>(j);
+    return row;
   });
 }
 

@@ -3,7 +3,7 @@
 //
 // Arrays: volume (Bv, C, D, H, W) with Bv 1 or B; displacement (B, 3, d, h, w) on the output
 // grid; affine (B, 3, 4) row-major [A | t] in voxels; out (B, C, d, h, w). Arguments are checked
-// by warp/checks.h before either build runs. The CUDA build is warpCUDA.h.
+// by warp/checks.h before either build runs.
 #pragma once
 
 #include "common/array.h"
@@ -24,16 +24,19 @@ REGRISK_HD void affine_point(const float* A, T z, T y, T x, T& oz, T& oy, T& ox)
        static_cast<T>(A[11]);
 }
 
-#if !defined(__CUDACC__)
-// The C++/OpenMP build (warp.cpp). Each output value is computed whole by one thread.
+// Each op in two builds, picked by the last argument: Threads runs the C++/OpenMP build
+// (warp.cpp), Stream enqueues the CUDA build (warpCUDA.cu; arrays in device memory).
 
 // out[b, c](x) = volume[b or 0, c](x + disp[b](x)).
 void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
                        Boundary mode, Threads threads);
+void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
+                       Boundary mode, Stream stream);
 
 // out[b, c](x) = volume[b or 0, c](A_b x + t_b).
 void warp_affine(const Array& volume, const Array& affine, const Array& out, float fill,
                  Boundary mode, Threads threads);
-#endif  // !__CUDACC__
+void warp_affine(const Array& volume, const Array& affine, const Array& out, float fill,
+                 Boundary mode, Stream stream);
 
 }  // namespace regrisk

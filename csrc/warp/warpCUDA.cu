@@ -1,8 +1,6 @@
 // CUDA kernels for warp: one thread per output voxel of one batch item; the sample coordinate
 // and its trilinear weights are computed once and reused for every channel. Per-voxel math is
 // the CPU build's: trilinear_at / trilinear_value (common/sampling.h), affine_point (warp.h).
-#include "warp/warpCUDA.h"
-
 #include "common/launch.cuh"
 #include "common/sampling.h"
 #include "warp/warp.h"

@@ -5,8 +5,8 @@
 // deviations, components xx, xy, xz, yy, yz, zz. The per-voxel functions below work on
 // registers of type Acc (double in both builds) so that small spreads survive the float32
 // storage. Arrays: mean (3, N), m2 (6, N), batch (B, 3, N), M (3, 3) in host memory; checked by
-// welford/checks.h before either build runs. The CUDA build is welfordCUDA.h; the per-voxel
-// pieces below are REGRISK_HD inline so that it reuses them.
+// welford/checks.h before either build runs. The per-voxel pieces below are REGRISK_HD inline
+// so that welfordCUDA.cu reuses them.
 #pragma once
 
 #include "common/array.h"
@@ -111,24 +111,30 @@ REGRISK_HD Acc mapped_trace(const Acc s6[6], Acc scale, const Acc G[6]) {
   return t > Acc(0) ? t : Acc(0);
 }
 
-#if !defined(__CUDACC__)
-// The C++/OpenMP build (welford.cpp).
+// Each op in two builds, picked by the last argument: Threads runs the C++/OpenMP build
+// (welford.cpp), Stream enqueues the CUDA build (welfordCUDA.cu; M stays in host memory and
+// reaches the kernels by value).
 
 // In place: mean, m2 holding count_before samples absorb batch.
 void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
                     Threads threads);
+void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
+                    Stream stream);
 
 // In place into a: (n_a, mean_a, m2_a) absorbs (n_b, mean_b, m2_b).
 void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
                    const Array& mean_b, const Array& m2_b, Threads threads);
+void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
+                   const Array& mean_b, const Array& m2_b, Stream stream);
 
 // out (N,) = sqrt(tr(M Sigma M^T)); Sigma = m2 / (count - 1); count >= 2.
-void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
-                   Threads threads);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out, Threads threads);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out, Stream stream);
 
 // out (3, N) = sqrt(diag(M Sigma M^T)).
 void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
                         Threads threads);
-#endif  // !__CUDACC__
+void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                        Stream stream);
 
 }  // namespace regrisk

@@ -2,8 +2,6 @@
 // registers exactly like the CPU build (welford_step, chan_merge, gram_upper, mapped_trace and
 // mapped_variances come from welford.h). Every sample of a batch is folded in order, so the
 // result equals the CPU's up to the float32 rounding of the stored state.
-#include "welford/welfordCUDA.h"
-
 #include "common/launch.cuh"
 #include "welford/welford.h"
 

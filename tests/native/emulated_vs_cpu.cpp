@@ -12,17 +12,13 @@
 #include "cuda_emu.h"  // emu_threads
 
 #include "bspline/bspline.h"
-#include "bspline/bsplineCUDA.h"
 #include "bspline/checks.h"
 #include "compose/checks.h"
 #include "compose/compose.h"
-#include "compose/composeCUDA.h"
 #include "warp/checks.h"
 #include "warp/warp.h"
-#include "warp/warpCUDA.h"
 #include "welford/checks.h"
 #include "welford/welford.h"
-#include "welford/welfordCUDA.h"
 
 using namespace regrisk;
 using Vec = std::vector<float>;
