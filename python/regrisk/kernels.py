@@ -11,11 +11,16 @@ voxel-space affines ``y = A x + b``.
 Small parameter matrices (affines, the 3x3 ``M``) may be any real dtype or nested lists; they
 are converted to float32 and must be finite. Large arrays are never converted: a float64 or
 non-contiguous volume or field is an error, so that no hidden copy doubles memory.
+
+Threads travel with the call: ``threads`` (on warp, compose, bspline_field, covariance_sigma and
+the Welford constructor) is the OpenMP team size of the CPU kernels for that call; None or 0
+takes the process default, which ``set_num_threads`` sets. Results never depend on it. CuPy
+arrays ignore it.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import importlib.util
 import math
 from numbers import Real
@@ -31,6 +36,7 @@ __all__ = [
     "warp",
     "compose",
     "bspline_field",
+    "covariance_sigma",
     "Welford",
     "set_num_threads",
     "get_num_threads",
@@ -38,6 +44,7 @@ __all__ = [
 ]
 
 _MODES = ("fill", "border")
+_MAX_THREADS = 4096  # as regrisk._core (csrc/common/parallel.h)
 
 
 # --- dispatch -------------------------------------------------------------------------------
@@ -46,17 +53,39 @@ _MODES = ("fill", "border")
 _is_cupy = is_cupy  # the one array-module test lives in regrisk.arrays
 
 
-def _backend(name: str, a: Any) -> tuple[ModuleType, ModuleType]:
-    """(array module, kernel module) for a NumPy or CuPy array; ValueError for anything else."""
+class _CpuKernels:
+    """regrisk._core with one thread count bound to every call (0: the process default)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(getattr(_core, name), threads=self.threads)
+
+
+def _backend(name: str, a: Any, threads: Any = None) -> tuple[ModuleType, Any]:
+    """(array module, kernels) for a NumPy or CuPy array; ValueError for anything else. The CPU
+    kernels come with `threads` bound to every call."""
     if isinstance(a, np.ndarray):
-        return np, _core
+        return np, _CpuKernels(_threads(threads))
     if _is_cupy(a) and hasattr(a, "__cuda_array_interface__"):
         import cupy
 
         from . import _cuda_ops
 
+        _threads(threads)  # checked alike, though the GPU has no use for it
         return cupy, _cuda_ops
     raise ValueError(f"{name}: expected a numpy or cupy array, got {type(a).__name__}")
+
+
+def _threads(threads: Any) -> int:
+    """A call's thread count for regrisk._core: None -> 0 (the default), else 0..4096."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+            or not 0 <= threads <= _MAX_THREADS:
+        raise ValueError(f"threads: expected None or an integer from 0 to {_MAX_THREADS}, got {threads!r}")
+    return int(threads)
 
 
 def _same_backend(name: str, a: Any, xp: ModuleType) -> None:
@@ -152,7 +181,7 @@ def _batch(name: str, n: int, other: str, m: int) -> None:
 
 
 def warp(volume: Any, displacement: Any = None, *, affine: Any = None, shape: Any = None,
-         fill: float = 0.0, mode: str = "fill") -> Any:
+         fill: float = 0.0, mode: str = "fill", threads: int | None = None) -> Any:
     """Trilinear pull-back of `volume` onto an output grid.
 
     volume: (D,H,W), (C,D,H,W) or (B,C,D,H,W). Exactly one of
@@ -161,9 +190,9 @@ def warp(volume: Any, displacement: Any = None, *, affine: Any = None, shape: An
     (default: the volume's). A single volume with B transforms broadcasts; B volumes with one
     transform too. mode "fill": corners outside contribute `fill`; "border": coordinates are
     clamped to [0, n-1]. Returns float32 (B,C,d,h,w) if either input is batched, else the
-    volume's rank.
+    volume's rank. threads: CPU team size for this call (None: the default).
     """
-    xp, impl = _backend("volume", volume)
+    xp, impl = _backend("volume", volume, threads)
     _check_array("volume", volume, xp, (3, 4, 5))
     border, fill_value = _mode(mode), _fill(fill)
     if (displacement is None) == (affine is None):
@@ -223,16 +252,17 @@ def _broadcast_disp(xp: ModuleType, disp5: Any, b: int) -> Any:
 
 
 def compose(displacement: Any, *, affine: Any = None, field: Any = None, fill: float = 0.0,
-            mode: str = "border") -> Any:
+            mode: str = "border", threads: int | None = None) -> Any:
     """The sample's estimate g = tau o phi on the displacement's grid.
 
     displacement u: (3,D,H,W) or (B,3,D,H,W). Exactly one of
     affine (3,4)/(B,3,4): u_g(x) = A (x + u(x)) + b - x, exact;
     field d (3,d,h,w)/(B,3,d,h,w) on the source grid: u_g(x) = u(x) + d(x + u(x)), trilinear,
     points outside d's grid handled by `mode` ("border" clamps, "fill" uses `fill`).
-    Returns float32 (B,3,D,H,W) if either input is batched, else (3,D,H,W).
+    Returns float32 (B,3,D,H,W) if either input is batched, else (3,D,H,W). threads: CPU team
+    size for this call (None: the default).
     """
-    xp, impl = _backend("displacement", displacement)
+    xp, impl = _backend("displacement", displacement, threads)
     disp_batched = _check_field("displacement", displacement, xp)
     border, fill_value = _mode(mode), _fill(fill)
     if (affine is None) == (field is None):
@@ -263,14 +293,15 @@ def compose(displacement: Any, *, affine: Any = None, field: Any = None, fill: f
 # --- B-spline -------------------------------------------------------------------------------
 
 
-def bspline_field(control: Any, shape: Any) -> Any:
+def bspline_field(control: Any, shape: Any, threads: int | None = None) -> Any:
     """Dense (3,*shape) or (B,3,*shape) displacement from a cubic B-spline control grid.
 
     control: (3,cD,cH,cW) or (B,3,cD,cH,cW), every c >= 4. Per axis with n voxels and c control
     points: spacing s = (n-1)/(c-3), t = x/s + 1, i = min(floor(t), c-3), u = t - i, value =
-    sum_k B_k(u) ctrl[i-1+k] (uniform cubic basis); tensor product over the axes.
+    sum_k B_k(u) ctrl[i-1+k] (uniform cubic basis); tensor product over the axes. threads: CPU
+    team size for this call (None: the default).
     """
-    xp, impl = _backend("control", control)
+    xp, impl = _backend("control", control, threads)
     batched = _check_field("control", control, xp)
     if min(control.shape[-3:]) < 4:
         raise ValueError(f"control: every spatial axis needs >= 4 control points, got {tuple(control.shape[-3:])}")
@@ -281,6 +312,26 @@ def bspline_field(control: Any, shape: Any) -> Any:
     return out if batched else out[0]
 
 
+# --- sigma from a covariance ---------------------------------------------------------------
+
+
+def covariance_sigma(cov6: Any, M: Any, threads: int | None = None) -> Any:
+    """(D,H,W) sqrt(tr(M C M^T)) from a (6,D,H,W) covariance C (components xx, xy, xz, yy, yz,
+    zz), M the 3x3 voxel->mm matrix; clamped at 0 before the root. Double precision per voxel.
+
+    The native Welford sigma with count 2 computes exactly this: it scales M2 by 1/(count-1),
+    which is 1, so C passes through unchanged.
+    """
+    xp, impl = _backend("cov6", cov6, threads)
+    _check_array("cov6", cov6, xp, (4,))
+    if cov6.shape[0] != 6:
+        raise ValueError(f"cov6: axis 0 must hold the 6 covariance terms, shape is {tuple(cov6.shape)}")
+    m = _small_matrix("M", M, np, ((3, 3),))
+    out = xp.empty(cov6.shape[1:], dtype=np.float32)
+    impl.welford_sigma(2, cov6.reshape(6, -1), m, out.reshape(-1))
+    return out
+
+
 # --- Welford --------------------------------------------------------------------------------
 
 
@@ -289,15 +340,14 @@ class Welford:
 
     Memory is 9 float32 values per voxel whatever the number of samples; each batch is folded
     in with double-precision per-voxel arithmetic. `like` picks the array module (a CuPy array
-    puts the accumulator on the GPU).
+    puts the accumulator on the GPU); `threads` is the CPU team size of every call this
+    accumulator makes (None: the process default).
     """
 
-    def __init__(self, shape: Any, like: Any = None) -> None:
+    def __init__(self, shape: Any, like: Any = None, threads: int | None = None) -> None:
         self.shape = _shape3("shape", shape)
-        if like is None:
-            self._xp, self._impl = np, _core
-        else:
-            self._xp, self._impl = _backend("like", like)
+        self._xp, self._impl = _backend("like", np.empty(0, np.float32) if like is None else like,
+                                        threads)
         n = self.shape[0] * self.shape[1] * self.shape[2]
         self._count = 0
         self._mean = self._xp.zeros((3, n), dtype=np.float32)
@@ -360,7 +410,7 @@ class Welford:
     def sigma(self, M: Any = None) -> Any:
         """(D,H,W) sqrt(tr(M Sigma M^T)); M the 3x3 voxel->mm matrix (identity: voxels)."""
         self._need(2, "sigma")
-        m = _small_matrix("M", np.eye(3) if M is None else M, self._xp, ((3, 3),))
+        m = _small_matrix("M", np.eye(3) if M is None else M, np, ((3, 3),))
         out = self._xp.empty(self.shape, dtype=np.float32)
         self._impl.welford_sigma(self._count, self._m2, m, out.reshape(-1))
         return out
@@ -368,7 +418,7 @@ class Welford:
     def axis_sigma(self, M: Any = None) -> Any:
         """(3,D,H,W) sqrt(diag(M Sigma M^T)): the per-axis standard deviation in mm."""
         self._need(2, "axis_sigma")
-        m = _small_matrix("M", np.eye(3) if M is None else M, self._xp, ((3, 3),))
+        m = _small_matrix("M", np.eye(3) if M is None else M, np, ((3, 3),))
         out = self._xp.empty((3,) + self.shape, dtype=np.float32)
         self._impl.welford_axis_sigma(self._count, self._m2, m, out.reshape(3, -1))
         return out
@@ -381,14 +431,16 @@ class Welford:
 
 
 def set_num_threads(n: int) -> None:
-    """OpenMP team size for the CPU kernels (process-wide; results do not depend on it)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    """The process default team size of the CPU kernels: what calls with threads=None use
+    (results do not depend on it). An explicit call, never a side effect of other regrisk calls;
+    prefer the per-call `threads`."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"n: expected an integer from 1 to {_MAX_THREADS}, got {n!r}")
     _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels use (OpenMP's default until set_num_threads is called)."""
+    """The team size of calls with threads=None (OpenMP's default until set_num_threads)."""
     return int(_core.get_num_threads())
 
 

@@ -1,4 +1,5 @@
-"""Plain NumPy references of every native kernel in ``regrisk.kernels``, same signatures.
+"""Plain NumPy references of every native kernel in ``regrisk.kernels``, same signatures (less
+the kernels' ``threads``).
 
 Written for clarity, not speed: float64 arithmetic, whole-array NumPy, the textbook formulas
 (the B-spline field is the full 64-tap tensor product, the affine composition is A p + b - x
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "Welford"]
+__all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "covariance_sigma",
+           "Welford"]
 
 
 def trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -95,32 +97,30 @@ def warp(volume: np.ndarray, displacement: np.ndarray | None = None, *, affine: 
 
 def compose(displacement: np.ndarray, *, affine: Any = None, field: np.ndarray | None = None,
             fill: float = 0.0, mode: str = "border") -> np.ndarray:
-    """Reference of kernels.compose: A (x + u) + b - x, or u(x) + d(x + u(x))."""
+    """Reference of kernels.compose: u_g(x) = tau(x + u(x)) - x, with tau(y) = A y + b or
+    tau(y) = y + d(y) (d sampled trilinearly)."""
     disp = np.asarray(displacement, dtype=np.float64)
     disp5 = _as5(disp)
     grid = _grid(disp5.shape[2:])
     if affine is not None:
         aff = np.asarray(affine, dtype=np.float64)
-        other_batched, aff = aff.ndim == 3, aff.reshape(-1, 3, 4)
-        n = max(disp5.shape[0], aff.shape[0])
-        out = np.empty((n, 3) + disp5.shape[2:], dtype=np.float32)
-        for b in range(n):
-            u = disp5[b if disp5.shape[0] > 1 else 0]
-            a = aff[b if aff.shape[0] > 1 else 0]
-            p = [grid[i] + u[i] for i in range(3)]
-            for r in range(3):
-                out[b, r] = a[r, 0] * p[0] + a[r, 1] * p[1] + a[r, 2] * p[2] + a[r, 3] - grid[r]
+        params, other_batched = aff.reshape(-1, 3, 4), aff.ndim == 3
+
+        def tau(a: np.ndarray, y: list[np.ndarray]) -> list[np.ndarray]:
+            return [a[r, 0] * y[0] + a[r, 1] * y[1] + a[r, 2] * y[2] + a[r, 3] for r in range(3)]
     else:
         f = np.asarray(field)
-        other_batched, f5 = f.ndim == 5, _as5(f)
-        n = max(disp5.shape[0], f5.shape[0])
-        out = np.empty((n, 3) + disp5.shape[2:], dtype=np.float32)
-        for b in range(n):
-            u = disp5[b if disp5.shape[0] > 1 else 0]
-            d = f5[b if f5.shape[0] > 1 else 0]
-            p = [grid[i] + u[i] for i in range(3)]
-            for r in range(3):
-                out[b, r] = u[r] + trilinear(d[r], *p, mode=mode, fill=fill)
+        params, other_batched = _as5(f), f.ndim == 5
+
+        def tau(d: np.ndarray, y: list[np.ndarray]) -> list[np.ndarray]:
+            return [y[r] + trilinear(d[r], *y, mode=mode, fill=fill) for r in range(3)]
+    n = max(disp5.shape[0], params.shape[0])
+    out = np.empty((n, 3) + disp5.shape[2:], dtype=np.float32)
+    for b in range(n):
+        u = disp5[b if disp5.shape[0] > 1 else 0]
+        g = tau(params[b if params.shape[0] > 1 else 0], [grid[i] + u[i] for i in range(3)])
+        for r in range(3):
+            out[b, r] = g[r] - grid[r]
     return out if (disp.ndim == 5 or other_batched) else out[0]
 
 
@@ -145,6 +145,21 @@ def bspline_field(control: np.ndarray, shape: Any) -> np.ndarray:
     wz, wy, wx = (bspline_basis(int(n), c) for n, c in zip(shape, c5.shape[2:]))
     out = np.einsum("zi,yj,xk,bcijk->bczyx", wz, wy, wx, c5).astype(np.float32)
     return out if ctrl.ndim == 5 else out[0]
+
+
+_UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # xx, xy, xz, yy, yz, zz
+
+
+def covariance_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
+    """Reference of kernels.covariance_sigma: sqrt(tr(M C M^T)) with C rebuilt as a full
+    symmetric 3x3 per voxel from its six terms."""
+    c6 = np.asarray(cov6, dtype=np.float64)
+    cov = np.empty((3, 3) + c6.shape[1:])
+    for k, (r, c) in enumerate(_UPPER):
+        cov[r, c] = cov[c, r] = c6[k]
+    m = np.asarray(M, dtype=np.float64)
+    trace = np.einsum("ri,ij...,rj->...", m, cov, m)
+    return np.sqrt(np.maximum(trace, 0)).astype(np.float32)
 
 
 class Welford:
