@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import ModelError, first_line
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="versions, build flags and available providers")
@@ -13,9 +15,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def gather() -> dict:
-    import importlib
-    import importlib.util
-
     from ..engine import versions
 
     info: dict = {"versions": versions()}
@@ -35,18 +34,19 @@ def gather() -> dict:
     from ..backends import available_backends
 
     info["backends"] = available_backends()
-    if importlib.util.find_spec("regrisk.device") is not None:
-        try:
-            info["device"] = importlib.import_module("regrisk.device").device_report()
-        except Exception as exc:  # the report is informative; never fail `info` on it
-            info["device"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        from ..device import device_report
+
+        info["device"] = device_report()
+    except Exception as exc:  # the report is informative; never fail `info` on it
+        info["device"] = {"error": first_line(exc, typed=True)}
     from ..model_loading import PACKAGED, packaged_model_path
 
     models = {}
     for name in sorted(set(PACKAGED) - {"default_stochastic"}):
         try:
             models[name] = str(packaged_model_path(name))
-        except Exception:
+        except ModelError:  # not installed with this regrisk
             models[name] = None
     info["packaged_models"] = models
     return info
