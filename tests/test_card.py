@@ -109,3 +109,13 @@ def test_embed_card_replaces_the_card_and_keeps_other_metadata(tmp_path):
     assert [k for k, _ in props].count(METADATA_KEY) == 1 and ("author", "someone") in props
     stored = ModelCard.from_json(dict(props)[METADATA_KEY])
     assert stored.description == "replaced" and stored.grid == GRID
+
+
+def test_a_starting_card_that_is_not_an_object_is_one_line(tmp_path, capsys):
+    path = com_model(tmp_path / "m.onnx", GRID, card=False)
+    for text in ("[1, 2]", '{"name": "m", "inputs": "pair"}'):
+        (tmp_path / "c.json").write_text(text)
+        assert main(["card", str(path), "--from-json", str(tmp_path / "c.json"),
+                     "--layout", "pair"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "model card:" in err, err

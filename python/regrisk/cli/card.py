@@ -127,8 +127,11 @@ def _starting_card(args: argparse.Namespace, path: Path, graph: Any) -> dict[str
             base = read_card(path).to_dict()
         except CardError:
             base = infer_card_dict(graph, path.stem)
+    if not isinstance(base, dict):
+        raise CardError("model card: expected a JSON object")
     for part in ("inputs", "output", "preprocess", "resample"):
-        base.setdefault(part, {})
+        if not isinstance(base.setdefault(part, {}), dict):
+            raise CardError(f"model card: '{part}' must be an object")
     return base
 
 
