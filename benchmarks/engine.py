@@ -165,6 +165,7 @@ def main() -> None:
     import torch
 
     from regrisk import Estimator, perturbations
+    from regrisk.memory import keep_freed_memory
     from regrisk.backends.onnxruntime import cpu_cores
 
     threads = args.threads or cpu_cores()
@@ -176,6 +177,7 @@ def main() -> None:
     source, target = make_pair(args.size)
 
     load0 = os.getloadavg()
+    keep_freed_memory()  # the allocator opt-in the CLI makes, so the script measures the same
     est = Estimator(path, threads=threads, batch=args.batch)
     est.estimate(source, target, samples=2, perturbation="translation", seed=1)  # warm-up
     draws = perturbations.parse(args.perturbation).draw(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io, memory, model_loading, perturbations, provenance
+from . import io, kernels, memory, model_loading, perturbations, provenance
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
@@ -29,11 +29,19 @@ from .memory import DEFAULT_ACTIVATION_FLOATS, keep_freed_memory  # noqa: F401 (
 from .pair import PreparedPair, prepare_pair
 from .provenance import versions  # noqa: F401 (public name)
 from .results import EstimateResult, Prediction
-from .runner import ModelRunner
+from .runner import ModelRunner, require_finite
 from .statistics import GridMaps, SampleStatistics
 from .timing import StageClock
 
 __all__ = ["Estimator", "EstimateResult", "Prediction", "keep_freed_memory", "versions"]
+
+
+_UNPERTURBED = "the unperturbed pair"
+
+
+def _samples(block: perturbations.Block) -> str:
+    ks = sorted(set(int(k) for k in block.index))
+    return f"perturbed sample{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} ({block.family})"
 
 
 def _count(value: Any, name: str, minimum: int, why: str = "") -> int:
@@ -72,6 +80,7 @@ class Estimator:
         self.device, self.threads, self.batch = device, threads, batch
         self.memory_budget = memory_budget
         self.activation_floats = int(activation_floats)
+        self.ops = kernels.Bound(threads)
         self.resolved = model_loading.resolve(model, card)
         self.runner = ModelRunner(self.resolved, device=device, backend=backend,
                                   threads=threads, options=dict(backend_options or {}))
@@ -93,7 +102,7 @@ class Estimator:
     def predict(self, source: Any, target: Any) -> Prediction:
         """One unperturbed pass: the raw prediction in mm and on the model grid."""
         pair, clock = self._prepare(source, target)
-        u = self.runner.infer(pair.S[None, None], pair.T[None, None], clock)[0]
+        u = self.runner.infer(pair.S[None, None], pair.T[None, None], clock, _UNPERTURBED)[0]
         with clock.stage("to_native"):
             world, warped = self._world_and_warped(pair, u)
         return Prediction(to_numpy(world), to_numpy(u), pair.grid_to_mm.copy(),
@@ -122,12 +131,15 @@ class Estimator:
         with clock.stage("draw"):
             draws = pert.draw(samples, pair.grid, pair.grid_to_mm, np.random.default_rng(seed),
                               sobol)
-        u0 = self.runner.infer(pair.S[None, None], pair.T[None, None], clock)[0]  # also warm-up
+        u0 = self.runner.infer(pair.S[None, None], pair.T[None, None], clock,  # also warm-up
+                               _UNPERTURBED)[0]
         stats = SampleStatistics(pair.grid, pair.S, pair.xp, passes=passes,
-                                 family_counts=draws.family_counts() if per_family else None)
+                                 family_counts=draws.family_counts() if per_family else None,
+                                 ops=self.ops)
         self._sample(pair, draws, stats, batch, passes, clock, progress)
         with clock.stage("finalise"):
             maps = stats.finalise(pair.grid_to_mm)
+            require_finite(maps.sigma, "the statistics gave", "the uncertainty map", pair.xp)
         with clock.stage("to_native"):
             native = self._native_maps(pair, maps, u0)
         clock.times["total"] = time.perf_counter() - t_start
@@ -145,7 +157,7 @@ class Estimator:
         backend, card = self.runner.bind(tgt_img.shape)
         clock = StageClock(backend.xp)
         clock.times["load"] = t_load
-        return prepare_pair(src_img, tgt_img, card, backend.xp, clock), clock
+        return prepare_pair(src_img, tgt_img, card, backend.xp, self.ops, clock), clock
 
     def plan_batch(self, pair: PreparedPair, work: int, nested: bool) -> memory.BatchPlan:
         """Samples per network call for ``work`` passes within the memory budget."""
@@ -163,13 +175,15 @@ class Estimator:
             for block in micro_batches(draws, batch, passes):
                 b = len(block)
                 with clock.stage("perturb"):
-                    src_b, fields = perturb_source(pair.S, block, xp)
+                    src_b, fields = perturb_source(pair.S, block, xp, self.ops)
                     if b not in targets:
                         targets[b] = xp.ascontiguousarray(
                             xp.broadcast_to(pair.T[None, None], (b, 1, *pair.grid)))
-                u = self.runner.infer(src_b, targets[b], clock)
+                what = _samples(block)
+                u = self.runner.infer(src_b, targets[b], clock, what)
                 with clock.stage("compose"):
-                    g = compose_back(u, block, fields, xp)
+                    g = compose_back(u, block, fields, xp, self.ops)
+                    require_finite(g, "composing back gave", what, xp)
                 with clock.stage("accumulate"):
                     stats.update(g, block.family)
                 if bar is not None:
@@ -179,10 +193,8 @@ class Estimator:
                 bar.close()
 
     def _world_and_warped(self, pair: PreparedPair, u: Any) -> tuple[Any, Any]:
-        from . import kernels
-
         world, disp_src = pair.native_fields(u)
-        return world, kernels.warp(pair.source_native, disp_src, mode="fill")
+        return world, self.ops.warp(pair.source_native, disp_src, mode="fill")
 
     def _native_maps(self, pair: PreparedPair, maps: GridMaps, u0: Any) -> dict[str, Any]:
         """Every output map on the target's native grid, as host arrays."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from .kernels import Bound
 from .perturbations import Block, DrawSet
 
 Array = Any
@@ -26,18 +26,18 @@ def micro_batches(draws: DrawSet, batch: int, passes: int = 1) -> Iterator[Block
             yield block.take(rows[i:i + batch])
 
 
-def perturb_source(S: Array, block: Block, xp: Any) -> tuple[Array, Array | None]:
+def perturb_source(S: Array, block: Block, xp: Any, ops: Bound) -> tuple[Array, Array | None]:
     """(b, 1, *grid) sources S o tau for the block's b draws, and the dense displacement
     fields of a B-spline block (None for an affine one), which the composition reuses."""
     grid = tuple(S.shape)
     if block.dense:
-        fields = kernels.bspline_field(xp.asarray(block.control), grid)
-        return kernels.warp(S[None], fields), fields
-    return kernels.warp(S[None], affine=xp.asarray(block.affine)), None
+        fields = ops.bspline_field(xp.asarray(block.control), grid)
+        return ops.warp(S[None], fields), fields
+    return ops.warp(S[None], affine=xp.asarray(block.affine)), None
 
 
-def compose_back(u: Array, block: Block, fields: Array | None, xp: Any) -> Array:
+def compose_back(u: Array, block: Block, fields: Array | None, xp: Any, ops: Bound) -> Array:
     """g = tau o phi_tau for each sample: the estimate of the original map (DESIGN.md)."""
     if fields is not None:
-        return kernels.compose(u, field=fields)
-    return kernels.compose(u, affine=xp.asarray(block.affine))
+        return ops.compose(u, field=fields)
+    return ops.compose(u, affine=xp.asarray(block.affine))

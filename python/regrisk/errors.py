@@ -16,6 +16,10 @@ class ModelError(RegriskError, ValueError):
     """A model file, its card, or a callable model is unusable."""
 
 
+class NonFiniteError(ModelError):
+    """A model output, a composed field or a statistic holds NaN or Inf: the run stops."""
+
+
 class CardError(ModelError):
     """A model card is missing, malformed, or contradicts its graph."""
 

@@ -454,3 +454,27 @@ def build_info() -> dict[str, Any]:
     info = dict(_core.build_info())
     info["cuda_module"] = importlib.util.find_spec("regrisk._cuda") is not None
     return info
+
+
+class Bound:
+    """The kernels with one thread count bound to every call: what an estimator passes to the
+    parts of its pipeline (``Bound(threads).warp(...)`` is ``warp(..., threads=threads)``), so
+    a run's team size travels with the run, never through process-wide state."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = None if threads is None else _threads(threads)
+
+    def warp(self, *args: Any, **kw: Any) -> Any:
+        return warp(*args, threads=self.threads, **kw)
+
+    def compose(self, *args: Any, **kw: Any) -> Any:
+        return compose(*args, threads=self.threads, **kw)
+
+    def bspline_field(self, control: Any, shape: Any) -> Any:
+        return bspline_field(control, shape, threads=self.threads)
+
+    def covariance_sigma(self, cov6: Any, M: Any) -> Any:
+        return covariance_sigma(cov6, M, threads=self.threads)
+
+    def Welford(self, shape: Any, like: Any = None) -> "Welford":  # noqa: N802 (the class's name)
+        return Welford(shape, like=like, threads=self.threads)

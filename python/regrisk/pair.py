@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import conventions, kernels, spaces
+from . import conventions, spaces
 from .card import ModelCard
 from .io import Image
 from .timing import StageClock
@@ -29,6 +29,7 @@ class PreparedPair:
     T: Array
     source_native: Array
     xp: Any
+    ops: Any                # kernels.Bound: the run's kernels, its thread count bound
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -41,23 +42,23 @@ class PreparedPair:
 
     def native_fields(self, u: Array) -> tuple[Array, Array]:
         """(world mm displacement, source-native displacement) of a model-grid field."""
-        return spaces.native_fields(self.smap, self.tmap, u, kernels, self.xp)
+        return spaces.native_fields(self.smap, self.tmap, u, self.ops, self.xp)
 
     def to_native(self, volume: Array) -> Array:
         """A model-grid map on the target's native grid."""
-        return self.tmap.to_native(self.xp.ascontiguousarray(volume), kernels)
+        return self.tmap.to_native(self.xp.ascontiguousarray(volume), self.ops)
 
 
-def prepare_pair(source: Image, target: Image, card: ModelCard, xp: Any,
+def prepare_pair(source: Image, target: Image, card: ModelCard, xp: Any, ops: Any,
                  clock: StageClock) -> PreparedPair:
     """Bring both images onto the card's grid and apply its intensity preprocessing."""
     with clock.stage("to_grid"):
         smap = spaces.grid_map(source.shape, source.affine, card)
         tmap = spaces.grid_map(target.shape, target.affine, card)
         source_native = xp.asarray(source.data)
-        S = smap.to_grid(source_native, kernels)
-        T = tmap.to_grid(xp.asarray(target.data), kernels)
+        S = smap.to_grid(source_native, ops)
+        T = tmap.to_grid(xp.asarray(target.data), ops)
     with clock.stage("preprocess"):
         S = conventions.preprocess(S, card, "source")
         T = conventions.preprocess(T, card, "target")
-    return PreparedPair(source, target, smap, tmap, S, T, source_native, xp)
+    return PreparedPair(source, target, smap, tmap, S, T, source_native, xp, ops)

@@ -12,11 +12,20 @@ from typing import Any
 from . import conventions, model_loading
 from .backends import Backend, create_backend
 from .card import ModelCard
-from .errors import ModelError
+from .errors import ModelError, NonFiniteError
 from .model_loading import ResolvedModel
 from .timing import StageClock
 
 Array = Any
+
+
+def require_finite(a: Array, who: str, what: str, xp: Any) -> None:
+    """NonFiniteError unless every value of ``a`` is finite: a NaN must never become a number
+    later (a broken model reported as certain is the worst thing this tool can do)."""
+    if not bool(xp.isfinite(a).all()):
+        bad = int(a.size - int(xp.isfinite(a).sum()))
+        raise NonFiniteError(f"{who} non-finite values (NaN or Inf) for {what}: "
+                             f"{bad} of {a.size} values")
 
 
 class ModelRunner:
@@ -60,12 +69,13 @@ class ModelRunner:
     def feeds(self, src: Array, tgt: Array, xp: Any) -> dict[str, Array]:
         inputs = self.card.inputs  # type: ignore[union-attr]
         if inputs.layout == "pair":
-            return {inputs.source: src, inputs.target: tgt}
+            return dict(zip(inputs.names(), (src, tgt)))
         pair = (src, tgt) if inputs.order == ("source", "target") else (tgt, src)
-        return {inputs.concat: xp.concatenate(pair, axis=1)}
+        return {inputs.names()[0]: xp.concatenate(pair, axis=1)}
 
-    def infer(self, src: Array, tgt: Array, clock: StageClock) -> Array:
-        """Canonical (b, 3, *grid) for b sources and targets, honouring a fixed batch axis."""
+    def infer(self, src: Array, tgt: Array, clock: StageClock, what: str) -> Array:
+        """Canonical (b, 3, *grid) for b sources and targets, honouring a fixed batch axis.
+        ``what`` names the samples in the error a non-finite output raises."""
         backend, xp = self.backend, self.backend.xp  # type: ignore[union-attr]
         b, fixed = src.shape[0], backend.fixed_batch  # type: ignore[union-attr]
         step = fixed or b
@@ -80,6 +90,7 @@ class ModelRunner:
                 raw = backend.run(self.feeds(part_src, part_tgt, xp))  # type: ignore[union-attr]
             with clock.stage("convert"):
                 u = self._canonical(raw)
+                require_finite(u, f"model {self.label} returned", what, xp)
             outs.append(u[:n] if n < u.shape[0] else u)
         return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=0)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from .kernels import Bound, Welford
 from .errors import InputError
 
 Array = Any
@@ -38,16 +38,17 @@ class GridMaps:
 class _Nested:
     """Groups each perturbation's ``passes`` consecutive samples (law of total variance)."""
 
-    def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, passes: int) -> None:
-        self.grid, self.like, self.passes = grid, like, passes
-        self.outer = kernels.Welford(grid, like=like)
+    def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, passes: int,
+                 ops: Bound) -> None:
+        self.grid, self.like, self.passes, self.ops = grid, like, passes, ops
+        self.outer = ops.Welford(grid, like=like)
         self.intrinsic_sum = xp.zeros((6, *grid), dtype=np.float32)
-        self.inner: kernels.Welford | None = None
+        self.inner: Welford | None = None
 
     def update(self, g: Array, xp: Any) -> None:
         for j in range(g.shape[0]):
             if self.inner is None:
-                self.inner = kernels.Welford(self.grid, like=self.like)
+                self.inner = self.ops.Welford(self.grid, like=self.like)
             self.inner.update(g[j:j + 1])
             if self.inner.count == self.passes:
                 self.outer.update(xp.ascontiguousarray(self.inner.mean[None]))
@@ -55,7 +56,7 @@ class _Nested:
                 self.inner = None
 
     def finalise(self, M: np.ndarray, perturbations: int) -> tuple[Array, Array]:
-        intrinsic = kernels.covariance_sigma(self.intrinsic_sum / np.float32(perturbations), M)
+        intrinsic = self.ops.covariance_sigma(self.intrinsic_sum / np.float32(perturbations), M)
         return intrinsic, self.outer.sigma(M)
 
 
@@ -64,18 +65,19 @@ class SampleStatistics:
     per-family maps for a mixture of two or more families."""
 
     def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, *, passes: int = 1,
-                 family_counts: dict[str, int] | None = None) -> None:
+                 family_counts: dict[str, int] | None = None, ops: Bound | None = None) -> None:
+        ops = ops or Bound()
         self.xp, self.passes = xp, passes
         self.samples = 0
-        self.all = kernels.Welford(grid, like=like)
-        self.nested = _Nested(grid, like, xp, passes) if passes > 1 else None
-        self.families: dict[str, kernels.Welford] = {}
+        self.all = ops.Welford(grid, like=like)
+        self.nested = _Nested(grid, like, xp, passes, ops) if passes > 1 else None
+        self.families: dict[str, Welford] = {}
         if family_counts and len(family_counts) > 1:
             if any(n * passes < 2 for n in family_counts.values()):
                 total = sum(family_counts.values())
                 raise InputError(f"per-family maps need >= 2 samples per family; {total} samples "
                                  f"over {len(family_counts)} families is too few")
-            self.families = {f: kernels.Welford(grid, like=like) for f in family_counts}
+            self.families = {f: ops.Welford(grid, like=like) for f in family_counts}
 
     def update(self, g: Array, family: str) -> None:
         """Fold in composed samples g (b, 3, *grid) drawn from ``family``."""

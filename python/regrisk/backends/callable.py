@@ -27,7 +27,7 @@ class CallableBackend(Backend):
         self.device = (options or {}).get("device", "cpu")
         if self.device not in ("cpu", "cuda"):
             raise ModelError(f"unknown device {self.device!r}; use 'cpu' or 'cuda'")
-        self.input_names = (card.inputs.source, card.inputs.target)
+        self.input_names = card.inputs.names()
         self.output_name = card.output.name
         self.fixed_batch = None
         self.grid = tuple(card.grid)
