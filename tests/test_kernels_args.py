@@ -1,10 +1,12 @@
 """Bad arguments to the kernels: a one-line ValueError naming the argument, never a crash.
 
-Covers the Python face (regrisk.kernels) and the native layer under it (regrisk._core), which
-re-checks everything so that even a direct call cannot corrupt memory."""
+Covers the Python face (regrisk.kernels) and the native layers under it: regrisk._core and
+regrisk._cuda run the same checks (csrc/<op>/checks.h) before any kernel, so that even a direct
+call cannot corrupt memory or launch on bad shapes."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from kernel_builders import FakeCudaArray
 from regrisk import _core
 from regrisk import kernels as K
 
@@ -88,7 +91,20 @@ CASES = {
     "welford M NaN": (lambda: K.Welford(S).update(field(2)).sigma(np.full((3, 3), np.nan)), "M"),
     "welford M shape": (lambda: K.Welford(S).update(field(2)).axis_sigma(np.eye(4)), "M"),
     "welford like": (lambda: K.Welford(S, like=[1.0]), "like"),
+    "welford threads": (lambda: K.Welford(S, threads=-2), "threads"),
+    # covariance_sigma
+    "covariance_sigma cov6 terms": (lambda: K.covariance_sigma(np.zeros((5,) + S, F32), np.eye(3)), "cov6"),
+    "covariance_sigma cov6 float64": (lambda: K.covariance_sigma(np.zeros((6,) + S), np.eye(3)), "cov6"),
+    "covariance_sigma cov6 ndim": (lambda: K.covariance_sigma(np.zeros((6, 4, 5), F32), np.eye(3)), "cov6"),
+    "covariance_sigma M NaN": (lambda: K.covariance_sigma(np.zeros((6,) + S, F32), np.full((3, 3), np.nan)), "M"),
+    "covariance_sigma threads": (lambda: K.covariance_sigma(np.zeros((6,) + S, F32), np.eye(3), threads=-1), "threads"),
+    # threads, per call and the process default
+    "warp threads negative": (lambda: K.warp(vol(), field(), threads=-1), "threads"),
+    "warp threads too many": (lambda: K.warp(vol(), field(), threads=4097), "threads"),
+    "compose threads bool": (lambda: K.compose(field(), affine=np.eye(3, 4), threads=True), "threads"),
+    "bspline threads float": (lambda: K.bspline_field(field(shape=(4, 4, 4)), S, threads=2.0), "threads"),
     "threads": (lambda: K.set_num_threads(0), "n"),
+    "threads too many": (lambda: K.set_num_threads(4097), "n"),
 }
 
 
@@ -136,6 +152,10 @@ NATIVE_CASES = {
     "sigma out": (lambda: _core.welford_sigma(2, np.zeros((6, 8), F32), np.eye(3, dtype=F32), np.zeros(7, F32)), "out"),
     "axis_sigma M": (lambda: _core.welford_axis_sigma(2, np.zeros((6, 8), F32), np.eye(3), np.zeros((3, 8), F32)), "M"),
     "not an array": (lambda: _core.compose_affine("x", np.eye(3, 4, dtype=F32)[None], field(1)), "disp"),
+    "threads negative": (lambda: _core.warp_displacement(vol(1, 1), field(1), vol(1, 1), 0.0, False, -1), "threads"),
+    "threads too many": (lambda: _core.bspline_field(field(1, shape=(4, 4, 4)), field(1), threads=4097), "threads"),
+    "set_num_threads zero": (lambda: _core.set_num_threads(0), "n"),
+    "set_num_threads too many": (lambda: _core.set_num_threads(4097), "n"),
 }
 
 
@@ -145,6 +165,66 @@ def test_native_layer_rejects_bad_arrays(case):
     with pytest.raises(ValueError) as info:
         call()
     assert str(info.value).startswith(name), str(info.value)
+
+
+# The CUDA binding alone, on stand-in arrays (tests/kernel_builders.py) whose memory is never
+# touched: each call is wrong in one way and must raise ValueError from the checks. The launch
+# target is device -1: were a check missing, the call would stop at the device selection
+# (RuntimeError), before any launch, GPU or not.
+LAUNCH = (-1, 0)
+
+
+def dev(*shape, **kw):
+    return FakeCudaArray(shape, **kw)
+
+
+CUDA_CASES = {
+    "warp out shape": (lambda cu: cu.warp_displacement(dev(1, 1, *S), dev(1, 3, *S), dev(1, 2, *S), 0.0, False, LAUNCH), "out"),
+    "warp out readonly": (lambda cu: cu.warp_displacement(dev(1, 1, *S), dev(1, 3, *S), dev(1, 1, *S, readonly=True), 0.0, False, LAUNCH), "out"),
+    "warp out aliases volume": (lambda cu: (lambda v: cu.warp_displacement(v, dev(1, 3, *S), v, 0.0, False, LAUNCH))(dev(1, 1, *S)), "out"),
+    "warp volume batch": (lambda cu: cu.warp_displacement(dev(2, 1, *S), dev(3, 3, *S), dev(3, 1, *S), 0.0, False, LAUNCH), "volume"),
+    "warp volume numpy": (lambda cu: cu.warp_displacement(vol(1, 1), dev(1, 3, *S), dev(1, 1, *S), 0.0, False, LAUNCH), "volume"),
+    "warp displacement float64": (lambda cu: cu.warp_displacement(dev(1, 1, *S), dev(1, 3, *S, typestr="<f8"), dev(1, 1, *S), 0.0, False, LAUNCH), "displacement"),
+    "warp displacement noncontig": (lambda cu: cu.warp_displacement(dev(1, 1, *S), dev(1, 3, *S, strides=(4 * 360, 4 * 120, 4 * 24, 4 * 6, 8)), dev(1, 1, *S), 0.0, False, LAUNCH), "displacement"),
+    "warp displacement malformed": (lambda cu: cu.warp_displacement(dev(1, 1, *S), type("Bad", (), {"__cuda_array_interface__": {"shape": "x"}})(), dev(1, 1, *S), 0.0, False, LAUNCH), "displacement"),
+    "warp_affine shape": (lambda cu: cu.warp_affine(dev(1, 1, *S), dev(1, 4, 4), dev(1, 1, *S), 0.0, True, LAUNCH), "affine"),
+    "compose_affine out": (lambda cu: cu.compose_affine(dev(1, 3, *S), dev(1, 3, 4), dev(2, 3, *S), LAUNCH), "out"),
+    "compose_field field": (lambda cu: cu.compose_field(dev(2, 3, *S), dev(3, 3, *S), dev(2, 3, *S), 0.0, True, LAUNCH), "field"),
+    "bspline control": (lambda cu: cu.bspline_field(dev(1, 3, 2, 4, 4), dev(1, 3, *S), LAUNCH), "control"),
+    "welford m2": (lambda cu: cu.welford_update(0, dev(3, 8), dev(6, 7), dev(1, 3, 8), LAUNCH), "m2"),
+    "welford count": (lambda cu: cu.welford_update(-1, dev(3, 8), dev(6, 8), dev(1, 3, 8), LAUNCH), "count_before"),
+    "merge shapes": (lambda cu: cu.welford_merge(1, dev(3, 8), dev(6, 8), 1, dev(3, 7), dev(6, 8), LAUNCH), "mean_b"),
+    "sigma count": (lambda cu: cu.welford_sigma(1, dev(6, 8), np.eye(3, dtype=F32), dev(8), LAUNCH), "count"),
+    "sigma M float64": (lambda cu: cu.welford_sigma(2, dev(6, 8), np.eye(3), dev(8), LAUNCH), "M"),
+    "axis_sigma M on the device": (lambda cu: cu.welford_axis_sigma(2, dev(6, 8), dev(3, 3), dev(3, 8), LAUNCH), "M"),
+    "axis_sigma M NaN": (lambda cu: cu.welford_axis_sigma(2, dev(6, 8), np.full((3, 3), np.nan, F32), dev(3, 8), LAUNCH), "M"),
+}
+
+needs_cuda_module = pytest.mark.skipif(importlib.util.find_spec("regrisk._cuda") is None,
+                                       reason="regrisk._cuda not built (no CUDA compiler when regrisk was installed)")
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("case", sorted(CUDA_CASES))
+def test_cuda_binding_rejects_bad_arrays_before_launching(case):
+    import regrisk._cuda as cu
+
+    call, name = CUDA_CASES[case]
+    with pytest.raises(ValueError) as info:
+        call(cu)
+    assert str(info.value).startswith(name), str(info.value)
+
+
+@needs_cuda_module
+def test_cuda_binding_passes_good_arrays_on_to_the_device():
+    # The control for the cases above: the same kind of call with consistent arrays gets past
+    # every check and stops only at the invalid device.
+    import regrisk._cuda as cu
+
+    with pytest.raises(RuntimeError, match="cannot use CUDA device -1"):
+        cu.warp_displacement(dev(1, 1, *S), dev(2, 3, *S), dev(2, 1, *S), 0.0, False, LAUNCH)
+    with pytest.raises(RuntimeError, match="cannot use CUDA device -1"):
+        cu.welford_axis_sigma(2, dev(6, 8), np.eye(3, dtype=F32), dev(3, 8), LAUNCH)
 
 
 def test_random_bad_native_calls_never_crash_the_process():

@@ -71,8 +71,8 @@ inline Array interface_array(const py::dict& cai, const char* name) {
   const int64_t itemsize = typestr.size() > 2 ? std::stoll(typestr.substr(2)) : 0;
   a.nbytes = size * itemsize;
   a.float32 = typestr == "<f4" || typestr == "=f4";
-  a.c_contiguous = a.ndim <= Array::kMaxDims &&
-                   c_strides(a, cai.contains("strides") ? cai["strides"] : py::none(), itemsize);
+  const py::object strides = cai.contains("strides") ? py::object(cai["strides"]) : py::none();
+  a.c_contiguous = a.ndim <= Array::kMaxDims && c_strides(a, strides, itemsize);
   a.aligned = a.data % 4 == 0;
   a.writable = !data[1].cast<bool>();
   a.host = false;
@@ -84,9 +84,7 @@ inline Array device_array(py::handle obj, const char* name) {
     fail(std::string(name) + ": expected a cupy array (an object with __cuda_array_interface__)");
   try {
     return interface_array(obj.attr("__cuda_array_interface__").cast<py::dict>(), name);
-  } catch (const py::error_already_set&) {
-  } catch (const py::cast_error&) {
-  } catch (const std::logic_error&) {  // std::stoll on a malformed typestr
+  } catch (const std::exception&) {  // a missing key, a wrong type, an unreadable typestr
   }
   fail(std::string(name) + ": malformed __cuda_array_interface__");
 }
