@@ -108,13 +108,18 @@ CASES = {
 }
 
 
+def check_rejected(name, call, *args):
+    """call(*args) raises ValueError whose message starts with `name`; returns the message."""
+    with pytest.raises(ValueError) as info:
+        call(*args)
+    assert str(info.value).startswith(name), str(info.value)
+    return str(info.value)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_argument_raises_value_error_naming_it(case):
     call, name = CASES[case]
-    with pytest.raises(ValueError) as info:
-        call()
-    message = str(info.value)
-    assert message.startswith(name + ":"), message
+    message = check_rejected(name + ":", call)
     assert "\n" not in message
 
 
@@ -161,10 +166,7 @@ NATIVE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(NATIVE_CASES))
 def test_native_layer_rejects_bad_arrays(case):
-    call, name = NATIVE_CASES[case]
-    with pytest.raises(ValueError) as info:
-        call()
-    assert str(info.value).startswith(name), str(info.value)
+    check_rejected(NATIVE_CASES[case][1], NATIVE_CASES[case][0])
 
 
 # The CUDA binding alone, on stand-in arrays (tests/kernel_builders.py) whose memory is never
@@ -209,10 +211,7 @@ needs_cuda_module = pytest.mark.skipif(importlib.util.find_spec("regrisk._cuda")
 def test_cuda_binding_rejects_bad_arrays_before_launching(case):
     import regrisk._cuda as cu
 
-    call, name = CUDA_CASES[case]
-    with pytest.raises(ValueError) as info:
-        call(cu)
-    assert str(info.value).startswith(name), str(info.value)
+    check_rejected(CUDA_CASES[case][1], CUDA_CASES[case][0], cu)
 
 
 @needs_cuda_module

@@ -102,7 +102,8 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "regrisk CPU kernels (C++/OpenMP). Use regrisk.kernels, which validates and dispatches.";
+  m.doc() = "regrisk CPU kernels (C++/OpenMP). Use regrisk.kernels, which validates and "
+            "dispatches.";
   regrisk::bindings::bind_kernels<HostKernels>(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");

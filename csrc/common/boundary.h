@@ -8,7 +8,7 @@
 namespace regrisk {
 
 enum class Boundary : int {
-  Fill = 0,    // every corner outside the volume contributes `fill` (torch zeros padding when fill=0)
+  Fill = 0,    // every corner outside the volume contributes `fill` (fill 0: torch's zeros)
   Border = 1,  // the coordinate is clamped to [0, n-1] first (nearest edge value)
 };
 

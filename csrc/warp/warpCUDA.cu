@@ -64,9 +64,9 @@ void launch_warp(const char* what, const Array& volume, const Array& transform, 
   const Dims32 o = dims32(out.grid(2), what);
   const int64_t b = out.dim(0);
   with_boundary(mode, [&](auto m) {
-    launch(what, s, grid_for(out.grid(2).size(), b), kThreads, warp_kernel<decltype(m)::value, Point>,
-           volume.in(), volume.dim(0), volume.dim(1), volume.grid(2), transform.in(), b, o,
-           out.out(), fill);
+    launch(what, s, grid_for(out.grid(2).size(), b), kThreads,
+           warp_kernel<decltype(m)::value, Point>, volume.in(), volume.dim(0), volume.dim(1),
+           volume.grid(2), transform.in(), b, o, out.out(), fill);
   });
 }
 
@@ -75,7 +75,8 @@ void launch_warp(const char* what, const Array& volume, const Array& transform, 
 
 void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
                        Boundary mode, Stream stream) {
-  cuda::launch_warp<cuda::DisplacedPoint>("warp_displacement", volume, disp, out, fill, mode, stream);
+  cuda::launch_warp<cuda::DisplacedPoint>("warp_displacement", volume, disp, out, fill, mode,
+                                          stream);
 }
 
 void warp_affine(const Array& volume, const Array& affine, const Array& out, float fill,

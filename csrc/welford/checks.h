@@ -8,8 +8,7 @@
 
 namespace regrisk {
 
-// An accumulator's storage for N voxels: mean (3, N), m2 (6, N). (A rank error is reported
-// before N, read from an array of that rank, is compared.)
+// An accumulator's storage for N voxels: mean (3, N), m2 (6, N).
 inline void expect_state(const Array& mean, const Array& m2, int64_t N, bool writable) {
   expect_array(mean, 2, writable);
   expect_array(m2, 2, writable);
@@ -33,7 +32,8 @@ inline void check_welford_update(int64_t count_before, const Array& mean, const 
 
 inline void check_welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
                                 const Array& mean_b, const Array& m2_b) {
-  expect(n_a >= 0 && n_b >= 0 && n_a + n_b > 0, "n_a, n_b: counts must be >= 0 with a positive sum");
+  expect(n_a >= 0 && n_b >= 0 && n_a + n_b > 0,
+         "n_a, n_b: counts must be >= 0 with a positive sum");
   expect_state(mean_a, m2_a, mean_a.dim(1), true);
   expect_state(mean_b, m2_b, mean_a.dim(1), false);
   expect_disjoint(mean_a, m2_a);

@@ -128,8 +128,10 @@ void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t 
                    const Array& mean_b, const Array& m2_b, Stream stream);
 
 // out (N,) = sqrt(tr(M Sigma M^T)); Sigma = m2 / (count - 1); count >= 2.
-void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out, Threads threads);
-void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out, Stream stream);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                   Threads threads);
+void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
+                   Stream stream);
 
 // out (3, N) = sqrt(diag(M Sigma M^T)).
 void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,

@@ -156,8 +156,10 @@ void welford(int64_t N) {
   report(buf, m1, m2v);
   std::snprintf(buf, 128, "welford_update N=%ld m2", N);
   report(buf, q1, q2, 1e-9);
-  welford_merge(count, arr(m1, {3, N}), arr(q1, {6, N}), 5, arr(mb1, {3, N}), arr(qb1, {6, N}), kCpu);
-  welford_merge(count, arr(m2v, {3, N}), arr(q2, {6, N}), 5, arr(mb2, {3, N}), arr(qb2, {6, N}), kGpu);
+  welford_merge(count, arr(m1, {3, N}), arr(q1, {6, N}), 5, arr(mb1, {3, N}), arr(qb1, {6, N}),
+                kCpu);
+  welford_merge(count, arr(m2v, {3, N}), arr(q2, {6, N}), 5, arr(mb2, {3, N}), arr(qb2, {6, N}),
+                kGpu);
   std::snprintf(buf, 128, "welford_merge N=%ld mean", N);
   report(buf, m1, m2v);
   std::snprintf(buf, 128, "welford_merge N=%ld m2", N);
