@@ -476,6 +476,22 @@ def test_a_call_thread_count_changes_no_process_default(rng):
     assert K.get_num_threads() == before
 
 
+def test_bound_kernels_carry_their_thread_count(rng, monkeypatch):
+    seen = []
+    monkeypatch.setattr(K, "warp", lambda *a, **kw: seen.append(kw["threads"]))
+    K.Bound(3).warp(None)
+    assert seen == [3]
+    monkeypatch.undo()
+    shape = (40, 40, 40)
+    ctrl, disp = field(rng, (5, 5, 5), 3.0), field(rng, shape, 2.0)
+    ops = K.Bound(1)
+    assert np.array_equal(ops.bspline_field(ctrl, shape), K.bspline_field(ctrl, shape, threads=2))
+    assert np.array_equal(ops.compose(disp, affine=np.eye(3, 4)), disp)
+    assert ops.Welford(shape).update(disp).count == 1
+    with pytest.raises(ValueError, match="^threads"):
+        K.Bound(4097)
+
+
 def test_build_info_reports_openmp():
     info = K.build_info()
     assert set(info) >= {"openmp", "cuda_module", "compiler", "flags"}
