@@ -102,7 +102,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "torch": ".torch_backend:TorchBackend",
 }
 
-# What a device uses when no backend name is given, first that imports wins.
+# What a device uses when no backend name is given: the first that `unavailable` clears.
 _DEFAULTS: dict[str, tuple[str, ...]] = {
     "cpu": ("onnxruntime",),
     "cuda": ("onnxruntime-cuda", "tensorrt", "torch"),

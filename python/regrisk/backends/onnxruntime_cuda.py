@@ -5,9 +5,8 @@ output buffer to the session by device pointer (IO binding), and ONNX Runtime co
 private stream ordered against the caller's current CuPy stream with events (see
 ``regrisk._cuda_ops.SideStream``). The result is a CuPy array ready for the next kernel.
 
-Importing this module raises ImportError when the CUDA path cannot run here (no CuPy, no GPU,
-no CUDA kernels, or an onnxruntime without the CUDA provider), so ``create_backend`` falls back
-to the next CUDA backend.
+Whether it can run here is a query, ``backends.unavailable(name, device)``, that
+``create_backend`` asks before it imports this module (CuPy and the CUDA kernels are needed).
 """
 
 from __future__ import annotations
@@ -17,20 +16,15 @@ from typing import Any
 
 import numpy as np
 
+import cupy
+import onnxruntime as ort
+
+from .. import _cuda_ops
 from .. import device as _device
-
-_why = _device.backend_unavailable("onnxruntime-cuda")
-if _why:
-    raise ImportError(f"onnxruntime-cuda backend unavailable: {_why}")
-
-import cupy  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from .. import _cuda_ops  # noqa: E402
-from ..card import ModelCard  # noqa: E402
-from ..errors import ModelError, first_line  # noqa: E402
-from . import Array, Backend, ModelSource  # noqa: E402
-from .feeds import device_feeds  # noqa: E402
+from ..card import ModelCard
+from ..errors import ModelError, first_line
+from . import Array, Backend, ModelSource
+from .feeds import device_feeds
 
 _PROVIDER = "CUDAExecutionProvider"
 

@@ -8,8 +8,8 @@ stream ordered against the caller's current CuPy stream with events; batches lar
 profile's maximum are run in chunks into one output buffer. Written against the TensorRT 10
 Python API.
 
-Importing this module raises ImportError when it cannot run here (no CuPy, no GPU, no CUDA
-kernels, or no ``tensorrt`` package), so ``create_backend`` falls back to the next backend.
+Whether it can run here is a query, ``backends.unavailable(name, device)``, that
+``create_backend`` asks before it imports this module (CuPy and the CUDA kernels are needed).
 """
 
 from __future__ import annotations
@@ -18,20 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import cupy
+import tensorrt as trt
+
+from .. import _cuda_ops
 from .. import device as _device
-
-_why = _device.backend_unavailable("tensorrt")
-if _why:
-    raise ImportError(f"tensorrt backend unavailable: {_why}")
-
-import cupy  # noqa: E402
-import tensorrt as trt  # noqa: E402
-
-from .. import _cuda_ops  # noqa: E402
-from ..card import ModelCard  # noqa: E402
-from ..errors import ModelError  # noqa: E402
-from . import Array, Backend, ModelSource  # noqa: E402
-from .feeds import device_feeds  # noqa: E402
+from ..card import ModelCard
+from ..errors import ModelError
+from . import Array, Backend, ModelSource
+from .feeds import device_feeds
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
