@@ -79,7 +79,8 @@ EOF
 if want test; then
   say "GPU tests (REGRISK_REQUIRE_GPU=1: a GPU test that skips fails the run)"
   REGRISK_REQUIRE_GPU=1 "$PY" -m pytest -q -rs -p no:cacheprovider \
-    tests/test_cuda_kernels.py tests/test_gpu_backends.py 2>&1 | tee "$OUT_DIR/tests.log" \
+    tests/test_kernels.py tests/test_kernels_args.py tests/test_cuda_kernels.py \
+    tests/test_gpu_backends.py 2>&1 | tee "$OUT_DIR/tests.log" \
     || FAILED+=(tests)  # keep going: the benchmarks are still worth having
 fi
 

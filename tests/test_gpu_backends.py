@@ -102,14 +102,24 @@ def test_torch_backend_refuses_onnx_with_the_reason(tmp_path):
 
 
 @pytest.mark.skipif(READY, reason="checks the failure on a machine without a usable GPU")
-@pytest.mark.parametrize("module", ["onnxruntime_cuda", "tensorrt"])
-def test_cuda_backends_refuse_to_import_without_gpu(module):
-    import importlib
+@pytest.mark.parametrize("name", ["onnxruntime-cuda", "tensorrt"])
+def test_cuda_backends_are_refused_without_gpu(name, tmp_path):
+    """Availability is a query (nothing probed at import); asked for by name anyway, the
+    backend is refused with one line saying why, before its module is imported."""
     import sys
 
-    sys.modules.pop(f"regrisk.backends.{module}", None)
-    with pytest.raises(ImportError, match="backend unavailable: .+"):
-        importlib.import_module(f"regrisk.backends.{module}")
+    from regrisk.backends import create_backend, unavailable
+    from regrisk.card import read_card
+
+    why = unavailable(name, "cuda")
+    assert why and "\n" not in why
+    module = f"regrisk.backends.{name.replace('-', '_')}"
+    sys.modules.pop(module, None)
+    path = com_model(tmp_path / "com.onnx", GRID)
+    with pytest.raises(ModelError, match=f"backend '{name}' cannot run here: .+"):
+        create_backend(ModelSource(path=path, label="com.onnx"), read_card(path), device="cuda",
+                       name=name)
+    assert module not in sys.modules
 
 
 # --- on a GPU: each backend equals the CPU -------------------------------------------------
