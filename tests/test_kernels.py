@@ -280,6 +280,17 @@ def test_covariance_sigma_matches_reference(xp, rng, shape):
     assert np.all(got[trace < 0] == 0)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_covariance_axis_sigma_matches_reference(xp, rng, shape):
+    M = np.array([[0.9, 0.1, 0.0], [0.0, 1.2, -0.2], [0.05, 0.0, 2.0]])
+    cov6 = _covariances(rng, shape)
+    check_kernel(run(xp, K.covariance_axis_sigma, cov6, M), R.covariance_axis_sigma(cov6, M),
+                 atol=1e-6, rtol=1e-5)
+    # with M = I the axis sigmas are the roots of the diagonal terms xx, yy, zz
+    got, _ = run(xp, K.covariance_axis_sigma, cov6, np.eye(3))
+    check_close(got, np.sqrt(cov6[[0, 3, 5]].astype(np.float64)), atol=1e-6, rtol=1e-5)
+
+
 def test_covariance_sigma_equals_the_accumulators_sigma(xp, rng):
     shape = (4, 5, 3)
     samples = rng.standard_normal((9, 3) + shape).astype(np.float32)
@@ -287,6 +298,8 @@ def test_covariance_sigma_equals_the_accumulators_sigma(xp, rng):
     M = np.array([[0.9, 0.1, 0.0], [0.0, 1.2, -0.2], [0.05, 0.0, 2.0]])
     via_cov = K.covariance_sigma(acc.covariance, M)
     check_close(to_host(via_cov), to_host(acc.sigma(M)), atol=1e-6, rtol=1e-6)
+    via_cov = K.covariance_axis_sigma(acc.covariance, M)
+    check_close(to_host(via_cov), to_host(acc.axis_sigma(M)), atol=1e-6, rtol=1e-6)
 
 
 # --- Welford --------------------------------------------------------------------------------

@@ -332,6 +332,19 @@ def covariance_sigma(cov6: Any, M: Any, threads: int | None = None) -> Any:
     return out
 
 
+def covariance_axis_sigma(cov6: Any, M: Any, threads: int | None = None) -> Any:
+    """(3,D,H,W) sqrt(diag(M C M^T)) from a (6,D,H,W) covariance C: the standard deviation
+    along each world axis (the native Welford axis sigma with count 2, as covariance_sigma)."""
+    xp, impl = _backend("cov6", cov6, threads)
+    _check_array("cov6", cov6, xp, (4,))
+    if cov6.shape[0] != 6:
+        raise ValueError(f"cov6: axis 0 must hold the 6 covariance terms, shape is {tuple(cov6.shape)}")
+    m = _small_matrix("M", M, np, ((3, 3),))
+    out = xp.empty((3,) + tuple(cov6.shape[1:]), dtype=np.float32)
+    impl.welford_axis_sigma(2, cov6.reshape(6, -1), m, out.reshape(3, -1))
+    return out
+
+
 # --- Welford --------------------------------------------------------------------------------
 
 
@@ -475,6 +488,9 @@ class Bound:
 
     def covariance_sigma(self, cov6: Any, M: Any) -> Any:
         return covariance_sigma(cov6, M, threads=self.threads)
+
+    def covariance_axis_sigma(self, cov6: Any, M: Any) -> Any:
+        return covariance_axis_sigma(cov6, M, threads=self.threads)
 
     def Welford(self, shape: Any, like: Any = None) -> "Welford":  # noqa: N802 (the class's name)
         return Welford(shape, like=like, threads=self.threads)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "covariance_sigma",
-           "Welford"]
+           "covariance_axis_sigma", "Welford"]
 
 
 def trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -160,6 +160,17 @@ def covariance_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
     m = np.asarray(M, dtype=np.float64)
     trace = np.einsum("ri,ij...,rj->...", m, cov, m)
     return np.sqrt(np.maximum(trace, 0)).astype(np.float32)
+
+
+def covariance_axis_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
+    """Reference of kernels.covariance_axis_sigma: sqrt((M C M^T)_rr) for each row r of M."""
+    c6 = np.asarray(cov6, dtype=np.float64)
+    cov = np.empty((3, 3) + c6.shape[1:])
+    for k, (r, c) in enumerate(_UPPER):
+        cov[r, c] = cov[c, r] = c6[k]
+    m = np.asarray(M, dtype=np.float64)
+    diag = np.einsum("ri,ij...,rj->r...", m, cov, m)
+    return np.sqrt(np.maximum(diag, 0)).astype(np.float32)
 
 
 class Welford:
