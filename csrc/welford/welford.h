@@ -76,7 +76,8 @@ REGRISK_HD void chan_merge(Acc n_a, Acc n_b, Acc mean_a[3], Acc m2_a[6], const A
 
 // diag(M S M^T) for the symmetric S given by its 6 upper-triangle terms (scaled by `scale`,
 // i.e. 1 / (count - 1) turns M2 into the unbiased covariance). M is row-major 3x3 (voxel -> mm).
-// Tiny negative rounding residue is clamped to 0 so the square roots that follow are defined.
+// Tiny negative rounding residue is clamped to 0 so the square roots that follow are defined;
+// a NaN passes through (written so that the comparison is false for NaN), never becoming 0.
 template <typename Acc>
 REGRISK_HD void mapped_variances(const Acc s6[6], Acc scale, const float* M, Acc out[3]) {
   const Acc s00 = s6[0] * scale, s01 = s6[1] * scale, s02 = s6[2] * scale;
@@ -86,7 +87,7 @@ REGRISK_HD void mapped_variances(const Acc s6[6], Acc scale, const float* M, Acc
               c = static_cast<Acc>(M[3 * r + 2]);
     const Acc v = a * a * s00 + b * b * s11 + c * c * s22 +
                   Acc(2) * (a * b * s01 + a * c * s02 + b * c * s12);
-    out[r] = v > Acc(0) ? v : Acc(0);
+    out[r] = v < Acc(0) ? Acc(0) : v;
   }
 }
 
@@ -103,12 +104,13 @@ REGRISK_HD void gram_upper(const float* M, Acc G[6]) {
   }
 }
 
-// tr(M S M^T) for S = scale * (6 upper-triangle terms), given G from gram_upper; clamped at 0.
+// tr(M S M^T) for S = scale * (6 upper-triangle terms), given G from gram_upper; clamped at 0,
+// NaN kept NaN (a broken sample must never read as certainty).
 template <typename Acc>
 REGRISK_HD Acc mapped_trace(const Acc s6[6], Acc scale, const Acc G[6]) {
   const Acc t = (G[0] * s6[0] + G[3] * s6[3] + G[5] * s6[5] +
                  Acc(2) * (G[1] * s6[1] + G[2] * s6[2] + G[4] * s6[4])) * scale;
-  return t > Acc(0) ? t : Acc(0);
+  return t < Acc(0) ? Acc(0) : t;
 }
 
 // Each op in two builds, picked by the last argument: Threads runs the C++/OpenMP build
