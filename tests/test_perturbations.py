@@ -147,3 +147,22 @@ def test_draw_returns_one_homogeneous_block_per_family_in_round_robin_positions(
     sub = ds.blocks[0].take(np.array([1, 3]))
     np.testing.assert_array_equal(sub.index, [3, 9])
     np.testing.assert_array_equal(sub.affine, ds.blocks[0].affine[[1, 3]])
+
+
+def test_stratified_design_puts_one_draw_in_each_stratum_and_keeps_the_law():
+    n = 8
+    ds = P.parse("translation(max=2)+bspline(count=4,max=1)").draw(
+        2 * n, SHAPE, M, np.random.default_rng(3), design="stratified")
+    t = ds.blocks[0].affine[:, :, 3]                       # (n, 3) in [-2, 2]
+    u = (t + 2) / 4                                         # back to [0, 1)
+    for axis in range(3):                                   # one value per stratum per axis
+        np.testing.assert_array_equal(np.sort(np.floor(u[:, axis] * n)), np.arange(n))
+    c = (ds.blocks[1].control.reshape(n, -1) + 1) / 2
+    assert all(np.array_equal(np.sort(np.floor(c[:, j] * n)), np.arange(n)) for j in range(c.shape[1]))
+    # many designs pooled: each coordinate is still uniform (mean 1/2, variance 1/12)
+    pooled = np.concatenate([(P.parse("translation(max=1)").draw(
+        n, SHAPE, M, np.random.default_rng(s), design="stratified").blocks[0].affine[:, :, 3] + 1) / 2
+        for s in range(300)])
+    assert abs(pooled.mean() - 0.5) < 0.01 and abs(pooled.var() - 1 / 12) < 0.004
+    with pytest.raises(P.PerturbationError, match="design"):
+        P.parse("scale").draw(4, SHAPE, M, np.random.default_rng(0), design="lattice")

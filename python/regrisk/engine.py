@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from . import io, kernels, memory, model_loading, perturbations, provenance
+from . import io, kernels, memory, model_loading, perturbations, provenance, variance
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
-from .equivariance import compose_back, micro_batches, perturb_source
 from .errors import BudgetError, InputError, ModelError
 from .memory import DEFAULT_ACTIVATION_FLOATS, keep_freed_memory  # noqa: F401 (public names)
 from .pair import PreparedPair, prepare_pair
 from .provenance import versions  # noqa: F401 (public name)
 from .results import EstimateResult, Prediction
 from .runner import ModelRunner, require_finite
+from .sampler import Outcome, Sampler
 from .statistics import GridMaps, SampleStatistics
 from .timing import StageClock
 
@@ -37,11 +37,6 @@ __all__ = ["Estimator", "EstimateResult", "Prediction", "keep_freed_memory", "ve
 
 
 _UNPERTURBED = "the unperturbed pair"
-
-
-def _samples(block: perturbations.Block) -> str:
-    ks = sorted(set(int(k) for k in block.index))
-    return f"perturbed sample{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} ({block.family})"
 
 
 def _count(value: Any, name: str, minimum: int, why: str = "") -> int:
@@ -109,34 +104,37 @@ class Estimator:
                           pair.tmap.grid_affine.copy(), pair.smap.grid_affine.copy(),
                           to_numpy(warped), pair.target.affine.copy(), dict(clock.times))
 
-    def estimate(self, source: Any, target: Any, samples: int = 50,
+    def estimate(self, source: Any, target: Any, samples: int | str = 50,
                  perturbation: Any = "paper", seed: int | None = 0, sobol: bool = False,
-                 progress: bool = False, passes: int = 1,
-                 per_family: bool = False) -> EstimateResult:
+                 progress: bool = False, passes: int = 1, per_family: bool = False,
+                 variance_reduction: Any = "none", precision: float | None = None,
+                 max_samples: int | None = None) -> EstimateResult:
         """Per-voxel uncertainty of the network's prediction for ``source`` -> ``target``.
 
-        samples: K perturbations (>= 2). perturbation: preset name, spec string or
+        samples: K perturbations (>= 2), or ``"auto"``: rounds of draws until the map's
+        split-half precision reaches ``precision`` (default 0.9) or ``max_samples`` (default
+        200) have run. perturbation: preset name, spec string or
         :class:`perturbations.Perturbation`. seed: NumPy Generator seed. sobol: quasi-random
         draws. passes: M stochastic passes per perturbation (nested design for stochastic
         models: also returns the intrinsic and bias-jitter maps). per_family: also one sigma map
         per perturbation family of a mixture (the paper reports one map per family), from the
-        same samples (each family's own K / n_families samples).
+        same samples. variance_reduction: ``none`` (the paper's estimator), ``stratified``,
+        ``pooled`` / ``pooled(4mm)`` or a ``+`` combination (see :mod:`regrisk.variance`).
         """
-        samples = _count(samples, "samples", 2, " (a spread needs two)")
+        plan = variance.sample_plan(samples, precision, max_samples)
         passes = _count(passes, "passes", 1)
+        reduction = variance.parse(variance_reduction, sobol)
         pert = perturbations.parse(perturbation)
         t_start = time.perf_counter()
         pair, clock = self._prepare(source, target)
-        batch = self.plan_batch(pair, samples * passes, nested=passes > 1).batch
-        with clock.stage("draw"):
-            draws = pert.draw(samples, pair.grid, pair.grid_to_mm, np.random.default_rng(seed),
-                              sobol)
+        batch = self.plan_batch(pair, plan.most * passes, nested=passes > 1).batch
         u0 = self.runner.infer(pair.S[None, None], pair.T[None, None], clock,  # also warm-up
                                _UNPERTURBED)[0]
-        stats = SampleStatistics(pair.grid, pair.S, pair.xp, passes=passes,
-                                 family_counts=draws.family_counts() if per_family else None,
-                                 ops=self.ops)
-        self._sample(pair, draws, stats, batch, passes, clock, progress)
+        counts = pert.family_counts(plan.rounds(len(pert.families))[0]) if per_family else None
+        stats = SampleStatistics(pair.grid, pair.S, pair.xp, passes=passes, family_counts=counts,
+                                 ops=self.ops, pool_mm=reduction.pool_mm)
+        outcome = Sampler(self.runner, self.ops, pair, stats, batch, passes, clock).run(
+            pert, plan, reduction.design, np.random.default_rng(seed), progress)
         with clock.stage("finalise"):
             maps = stats.finalise(pair.grid_to_mm)
             require_finite(maps.sigma, "the statistics gave", "the uncertainty map", pair.xp)
@@ -144,10 +142,12 @@ class Estimator:
             native = self._native_maps(pair, maps, u0)
         clock.times["total"] = time.perf_counter() - t_start
         params = provenance.RunParameters(
-            samples, passes, pert.describe(), seed, sobol, batch, self.device,
+            outcome.samples, passes, pert.describe(), seed, sobol, batch, self.device,
             self.runner.describe().get("threads", self.threads), self.memory_budget,
             sorted(maps.families))
-        return self._result(pair, maps, native, u0, params, dict(clock.times))
+        result = self._result(pair, maps, native, u0, params, dict(clock.times))
+        result.summary["sampling"] = _sampling_summary(plan, reduction, outcome)
+        return result
 
     # -- the parts -----------------------------------------------------------------------------
     def _prepare(self, source: Any, target: Any) -> tuple[PreparedPair, StageClock]:
@@ -165,32 +165,6 @@ class Estimator:
             pair.grid, int(np.prod(pair.tmap.native_shape)), work, device=self.device,
             nested=nested, activation_floats=self.activation_floats, budget=self.memory_budget,
             batch=self.batch, fixed_batch=self.runner.backend.fixed_batch)  # type: ignore[union-attr]
-
-    def _sample(self, pair: PreparedPair, draws: perturbations.DrawSet, stats: SampleStatistics,
-                batch: int, passes: int, clock: StageClock, progress: bool) -> None:
-        """The sample loop: perturb, infer, compose back, accumulate; one micro-batch a step."""
-        xp, targets = pair.xp, {}
-        bar = _progress_bar(draws.count * passes) if progress else None
-        try:
-            for block in micro_batches(draws, batch, passes):
-                b = len(block)
-                with clock.stage("perturb"):
-                    src_b, fields = perturb_source(pair.S, block, xp, self.ops)
-                    if b not in targets:
-                        targets[b] = xp.ascontiguousarray(
-                            xp.broadcast_to(pair.T[None, None], (b, 1, *pair.grid)))
-                what = _samples(block)
-                u = self.runner.infer(src_b, targets[b], clock, what)
-                with clock.stage("compose"):
-                    # finite u and finite draws (checked at parse time) give a finite g
-                    g = compose_back(u, block, fields, xp, self.ops)
-                with clock.stage("accumulate"):
-                    stats.update(g, block.family)
-                if bar is not None:
-                    bar.update(b)
-        finally:
-            if bar is not None:
-                bar.close()
 
     def _world_and_warped(self, pair: PreparedPair, u: Any) -> tuple[Any, Any]:
         world, disp_src = pair.native_fields(u)
@@ -223,7 +197,14 @@ class Estimator:
             grid_mean=to_numpy(maps.mean), grid_to_mm=pair.grid_to_mm.copy())
 
 
-def _progress_bar(total: int) -> Any:
-    from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="sample", desc="regrisk", leave=False)
+def _sampling_summary(plan: variance.SamplePlan, reduction: variance.VarianceReduction,
+                      outcome: Outcome) -> dict[str, Any]:
+    """How many samples ran, why the run stopped, and how precise the map is."""
+    out: dict[str, Any] = {"requested": "auto" if plan.adaptive else plan.samples,
+                           "samples": outcome.samples, "stopped": outcome.stopped,
+                           "variance_reduction": reduction.to_dict(),
+                           "precision": outcome.precision}
+    if plan.adaptive:
+        out.update(target_precision=plan.precision, max_samples=plan.max_samples)
+    return out

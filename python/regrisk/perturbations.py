@@ -479,10 +479,23 @@ FAMILIES: dict[str, type[Family]] = {
     cls.NAME: cls for cls in (Translation, Rotation, Scale, Shear, Affine, BSpline, Identity)}
 
 
-def _uniform(count: int, dims: int, rng: np.random.Generator, sobol: bool) -> np.ndarray:
-    """(count, dims) numbers in [0, 1): i.i.d., or scrambled Sobol points."""
-    if not sobol:
+DESIGNS = ("iid", "sobol", "stratified")
+
+
+def _stratified(count: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """Latin hypercube: along every dimension the ``count`` values fall one in each of
+    ``count`` equal strata, in an independent random order. Each value is still U(0, 1), so
+    every single draw keeps its family's law; only the spread across draws is evened out."""
+    strata = np.argsort(rng.random((dims, count)), axis=1).T  # (count, dims) permutations
+    return (strata + rng.random((count, dims))) / count
+
+
+def _uniform(count: int, dims: int, rng: np.random.Generator, design: str) -> np.ndarray:
+    """(count, dims) numbers in [0, 1) by design: i.i.d., scrambled Sobol or stratified."""
+    if design == "iid":
         return rng.random((count, dims))
+    if design == "stratified":
+        return _stratified(count, dims, rng)
     from scipy.stats import qmc
 
     with warnings.catch_warnings():  # non-power-of-2 counts are fine here
@@ -498,11 +511,16 @@ class Perturbation:
     spec: str = ""
 
     def draw(self, n: int, shape: tuple[int, ...], M: np.ndarray,
-             rng: np.random.Generator, sobol: bool = False) -> DrawSet:
+             rng: np.random.Generator, sobol: bool = False, design: str | None = None) -> DrawSet:
         """``n`` perturbations for a grid of ``shape`` with voxel->mm matrix ``M``, as one block
-        per family (families draw in order from ``rng``; the draws do not depend on batching)."""
+        per family (families draw in order from ``rng``; the draws do not depend on batching).
+        design: ``iid`` (default), ``sobol`` (as ``sobol=True``) or ``stratified`` (a Latin
+        hypercube per family over its uniform parameters)."""
         if n < 1:
             raise PerturbationError("perturbation: need at least one sample")
+        design = design or ("sobol" if sobol else "iid")
+        if design not in DESIGNS:
+            raise PerturbationError(f"perturbation: design {design!r}; use one of {', '.join(DESIGNS)}")
         shape = tuple(int(s) for s in shape)
         M = np.asarray(M, dtype=np.float64)
         nf = len(self.families)
@@ -511,10 +529,17 @@ class Perturbation:
             index = np.arange(f, n, nf)
             if len(index) == 0:
                 continue
-            block = fam.from_uniform(_uniform(len(index), fam.dims(shape), rng, sobol), shape, M)
+            block = fam.from_uniform(_uniform(len(index), fam.dims(shape), rng, design), shape, M)
             block.index = index
             blocks.append(block)
         return DrawSet(blocks, n)
+
+    def family_counts(self, n: int) -> dict[str, int]:
+        """Samples each family name gets out of ``n`` (round-robin), as ``draw`` assigns them."""
+        counts: dict[str, int] = {}
+        for f, fam in enumerate(self.families):
+            counts[fam.name] = counts.get(fam.name, 0) + len(range(f, n, len(self.families)))
+        return {k: v for k, v in counts.items() if v}
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "families": [f.describe() for f in self.families],

@@ -19,6 +19,7 @@ import numpy as np
 
 from .kernels import Bound, Welford
 from .errors import InputError
+from .variance import pool_covariance, split_half_precision
 
 Array = Any
 
@@ -55,21 +56,28 @@ class _Nested:
                 self.intrinsic_sum += self.inner.covariance
                 self.inner = None
 
-    def finalise(self, M: np.ndarray, perturbations: int) -> tuple[Array, Array]:
-        intrinsic = self.ops.covariance_sigma(self.intrinsic_sum / np.float32(perturbations), M)
-        return intrinsic, self.outer.sigma(M)
+    def finalise(self, M: np.ndarray, perturbations: int,
+                 stats: "SampleStatistics") -> tuple[Array, Array]:
+        intrinsic = self.intrinsic_sum / np.float32(perturbations)
+        if stats.pool_mm:
+            return stats._sigma(intrinsic, M), stats.sigma_of(self.outer, M)
+        return self.ops.covariance_sigma(intrinsic, M), self.outer.sigma(M)
 
 
 class SampleStatistics:
     """All accumulators of one run. ``family_counts`` (samples per family) turns on the
-    per-family maps for a mixture of two or more families."""
+    per-family maps for a mixture of two or more families. ``pool_mm`` (FWHM) smooths every
+    covariance before its sigma is taken (see :mod:`regrisk.variance`). Two half accumulators,
+    fed alternate perturbations of each family, give the map's split-half precision."""
 
     def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, *, passes: int = 1,
-                 family_counts: dict[str, int] | None = None, ops: Bound | None = None) -> None:
+                 family_counts: dict[str, int] | None = None, ops: Bound | None = None,
+                 pool_mm: float = 0.0) -> None:
         ops = ops or Bound()
-        self.xp, self.passes = xp, passes
-        self.samples = 0
+        self.xp, self.passes, self.ops, self.pool_mm = xp, passes, ops, pool_mm
         self.all = ops.Welford(grid, like=like)
+        self.halves = (ops.Welford(grid, like=like), ops.Welford(grid, like=like))
+        self._seen: dict[str, int] = {}
         self.nested = _Nested(grid, like, xp, passes, ops) if passes > 1 else None
         self.families: dict[str, Welford] = {}
         if family_counts and len(family_counts) > 1:
@@ -79,6 +87,10 @@ class SampleStatistics:
                                  f"over {len(family_counts)} families is too few")
             self.families = {f: ops.Welford(grid, like=like) for f in family_counts}
 
+    @property
+    def count(self) -> int:
+        return self.all.count
+
     def update(self, g: Array, family: str) -> None:
         """Fold in composed samples g (b, 3, *grid) drawn from ``family``."""
         self.all.update(g)
@@ -86,11 +98,33 @@ class SampleStatistics:
             self.families[family].update(g)
         if self.nested is not None:
             self.nested.update(g, self.xp)
+        for j in range(g.shape[0]):  # alternate perturbations (not passes) of each family
+            seen = self._seen.get(family, 0)
+            self.halves[(seen // self.passes) % 2].update(g[j:j + 1])
+            self._seen[family] = seen + 1
+
+    def _sigma(self, cov6: Array, M: np.ndarray, axes: bool = False) -> Array:
+        cov6 = pool_covariance(cov6, self.pool_mm, np.linalg.norm(M, axis=0))
+        return (self.ops.covariance_axis_sigma if axes else self.ops.covariance_sigma)(cov6, M)
+
+    def sigma_of(self, acc: Welford, M: np.ndarray) -> Array:
+        """An accumulator's sigma map, pooled when the run pools."""
+        return self._sigma(acc.covariance, M) if self.pool_mm else acc.sigma(M)
+
+    def precision(self, M: np.ndarray, region: np.ndarray) -> dict[str, float] | None:
+        """Split-half precision of the current map (None until each half has 2 samples)."""
+        if min(h.count for h in self.halves) < 2:
+            return None
+        return split_half_precision(*(self.sigma_of(h, M) for h in self.halves), region)
 
     def finalise(self, M: np.ndarray) -> GridMaps:
-        maps = GridMaps(self.all.sigma(M), self.all.axis_sigma(M), self.all.mean)
+        if self.pool_mm:
+            cov = self.all.covariance
+            maps = GridMaps(self._sigma(cov, M), self._sigma(cov, M, axes=True), self.all.mean)
+        else:
+            maps = GridMaps(self.all.sigma(M), self.all.axis_sigma(M), self.all.mean)
         if self.nested is not None:
             perturbations = self.all.count // self.passes
-            maps.intrinsic, maps.bias_jitter = self.nested.finalise(M, perturbations)
-        maps.families = {f: w.sigma(M) for f, w in self.families.items()}
+            maps.intrinsic, maps.bias_jitter = self.nested.finalise(M, perturbations, self)
+        maps.families = {f: self.sigma_of(w, M) for f, w in self.families.items()}
         return maps

@@ -1,0 +1,95 @@
+"""The sample loop of one run: draws in rounds, micro-batches through the network, each
+prediction composed back through its perturbation and folded into the statistics.
+
+A fixed K is one round. ``samples="auto"`` draws rounds until the map's split-half precision
+(:mod:`regrisk.variance`) reaches the asked value or the sample limit is hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .equivariance import compose_back, micro_batches, perturb_source
+from .kernels import Bound
+from .pair import PreparedPair
+from .perturbations import Block, DrawSet, Perturbation
+from .runner import ModelRunner
+from .statistics import SampleStatistics
+from .timing import StageClock
+from .variance import SamplePlan, precision_region
+
+
+@dataclass
+class Outcome:
+    samples: int                          # perturbations drawn and run
+    precision: dict[str, float] | None    # split-half precision of the final map
+    stopped: str                          # "fixed K", "precision reached", "max samples reached"
+
+
+def describe_samples(block: Block) -> str:
+    ks = sorted(set(int(k) for k in block.index))
+    return f"perturbed sample{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} ({block.family})"
+
+
+class Sampler:
+    def __init__(self, runner: ModelRunner, ops: Bound, pair: PreparedPair,
+                 stats: SampleStatistics, batch: int, passes: int, clock: StageClock) -> None:
+        self.runner, self.ops, self.pair, self.stats = runner, ops, pair, stats
+        self.batch, self.passes, self.clock = batch, passes, clock
+        self._targets: dict[int, Any] = {}
+
+    def run(self, pert: Perturbation, plan: SamplePlan, design: str,
+            rng: np.random.Generator, progress: bool) -> Outcome:
+        pair, done, precision = self.pair, 0, None
+        region = precision_region(pair.T)
+        bar = _progress_bar(plan.most * self.passes) if progress else None
+        try:
+            for n in plan.rounds(len(pert.families)):
+                with self.clock.stage("draw"):
+                    draws = pert.draw(n, pair.grid, pair.grid_to_mm, rng, design=design)
+                self.run_draws(draws, first_index=done, bar=bar)
+                done += n
+                with self.clock.stage("precision"):
+                    precision = self.stats.precision(pair.grid_to_mm, region)
+                if bar is not None and precision is not None:
+                    bar.set_postfix(precision=f"{precision['precision']:.3f}")
+                if plan.adaptive and precision and precision["precision"] >= plan.precision:
+                    return Outcome(done, precision, "precision reached")
+        finally:
+            if bar is not None:
+                bar.close()
+        return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K")
+
+    def run_draws(self, draws: DrawSet, first_index: int = 0, bar: Any = None) -> None:
+        """Perturb, infer, compose back, accumulate; one micro-batch a step."""
+        xp, clock = self.pair.xp, self.clock
+        for block in micro_batches(draws, self.batch, self.passes):
+            block.index = block.index + first_index
+            b = len(block)
+            with clock.stage("perturb"):
+                src_b, fields = perturb_source(self.pair.S, block, xp, self.ops)
+            u = self.runner.infer(src_b, self._target(b), clock, describe_samples(block))
+            with clock.stage("compose"):
+                # finite u and finite draws (checked at parse time) give a finite g
+                g = compose_back(u, block, fields, xp, self.ops)
+            with clock.stage("accumulate"):
+                self.stats.update(g, block.family)
+            if bar is not None:
+                bar.update(b)
+
+    def _target(self, b: int) -> Any:
+        """The target repeated b times (kept: every micro-batch of that size reuses it)."""
+        if b not in self._targets:
+            T = self.pair.T
+            self._targets[b] = self.pair.xp.ascontiguousarray(
+                self.pair.xp.broadcast_to(T[None, None], (b, 1, *T.shape)))
+        return self._targets[b]
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="sample", desc="regrisk", leave=False)
