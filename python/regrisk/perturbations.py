@@ -47,6 +47,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,7 +56,28 @@ from .errors import RegriskError
 
 
 class PerturbationError(RegriskError, ValueError):
-    """A perturbation spec or magnitude is malformed."""
+    """A perturbation spec or magnitude is malformed or out of its range."""
+
+
+# -- ranges -----------------------------------------------------------------------------------
+# Far beyond any useful perturbation, and small enough that every drawn value, its float32 copy
+# and the composed fields stay finite. Checked when a family is built (spec or API), in the
+# units the user typed.
+MAX_LENGTH = {"voxel": 256.0, "mm": 512.0, "fraction": 0.5}  # translation / B-spline maxima
+MAX_ROTATION_DEG = 180.0
+SCALE_RANGE = (0.1, 10.0)
+MAX_SHEAR = 0.45  # off-diagonal entries below 1/2: I + S stays strictly diagonally dominant
+BSPLINE_COUNT = (4, 64)  # control points per axis
+BSPLINE_SPACING = (1.0, 10_000.0)  # voxels between control points
+SOBOL_MAX_DIMS = 21_201  # scipy's scrambled Sobol sequence: dimensions per family at most
+
+
+def _in_range(x: float, name: str, low: float, high: float, unit: str = "") -> float:
+    """``x`` when finite and within [low, high]; the message uses the user's unit."""
+    if not (math.isfinite(x) and low <= x <= high):
+        raise PerturbationError(f"perturbation: {name}={x:g}{unit} is out of range: use "
+                                f"{low:g}{unit} to {high:g}{unit}")
+    return x
 
 
 # -- magnitudes -------------------------------------------------------------------------------
@@ -66,6 +88,9 @@ class Magnitude:
 
     value: float
     unit: str = "voxel"
+
+    def __post_init__(self) -> None:
+        _check_length(self.value, self.unit, "magnitude")
 
     def voxels(self, shape: tuple[int, ...], M: np.ndarray) -> np.ndarray:
         """Per-axis magnitude in voxels (3,)."""
@@ -81,8 +106,22 @@ class Magnitude:
                 "fraction": f"{100 * self.value:g}%"}[self.unit]
 
 
+def _check_length(value: float, unit: str, name: str) -> None:
+    """PerturbationError unless 0 <= value <= MAX_LENGTH[unit], shown in the user's unit."""
+    if unit not in MAX_LENGTH:
+        raise PerturbationError(f"perturbation: {name}: unknown unit {unit!r}")
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
+            or value < 0:
+        raise PerturbationError(f"perturbation: {name} must be a finite value >= 0")
+    if value > MAX_LENGTH[unit]:
+        suffix, factor = {"voxel": (" voxels", 1.0), "mm": ("mm", 1.0),
+                          "fraction": ("%", 100.0)}[unit]
+        _in_range(value * factor, name, 0.0, MAX_LENGTH[unit] * factor, suffix)
+
+
 def parse_magnitude(text: str | float, name: str) -> Magnitude:
-    if isinstance(text, (int, float)):
+    if isinstance(text, Real) and not isinstance(text, bool):
+        _check_length(float(text), "voxel", name)
         return Magnitude(float(text))
     m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(mm|vox|voxels?|%|deg)?\s*", str(text))
     if not m:
@@ -95,8 +134,7 @@ def parse_magnitude(text: str | float, name: str) -> Magnitude:
     unit = {"mm": "mm", "%": "fraction", None: "voxel", "deg": "voxel"}.get(m.group(2), "voxel")
     if unit == "fraction":
         value /= 100.0
-    if not math.isfinite(value) or value < 0:
-        raise PerturbationError(f"perturbation: {name} must be a finite value >= 0")
+    _check_length(value, unit, name)
     return Magnitude(value, unit)
 
 
@@ -226,14 +264,44 @@ def _num(v: str, name: str) -> float:
     return x
 
 
-def _flag(v: str) -> bool:
-    return v.lower() in ("1", "true", "yes")
+def _flag(v: str, name: str) -> bool:
+    t = v.strip().lower()
+    if t not in ("1", "true", "yes", "0", "false", "no"):
+        raise PerturbationError(f"perturbation: {name}={v!r}: use 1/0, true/false or yes/no")
+    return t in ("1", "true", "yes")
 
 
 def _scale_range(lo: float, hi: float, what: str) -> tuple[float, float]:
-    if not 0 < lo <= hi:
-        raise PerturbationError(f"perturbation: {what}")
+    low, high = SCALE_RANGE
+    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+        raise PerturbationError(f"perturbation: {what} needs {low:g} <= min <= max <= {high:g}, "
+                                f"got {lo:g}, {hi:g}")
     return lo, hi
+
+
+def _real(x: Any, name: str) -> float:
+    """A parameter given through the API: a real number (not a bool, not a string)."""
+    if isinstance(x, bool) or not isinstance(x, Real):
+        raise PerturbationError(f"perturbation: {name} must be a number, got {x!r}")
+    return float(x)
+
+
+def _bspline_count(c: Any) -> int:
+    low, high = BSPLINE_COUNT
+    if isinstance(c, bool) or not isinstance(c, Real) or not math.isfinite(c) or c != int(c) \
+            or not low <= c <= high:
+        got = f"{c:g}" if isinstance(c, Real) and not isinstance(c, bool) else repr(c)
+        raise PerturbationError(f"perturbation: bspline.count must be an integer >= {low} and "
+                                f"<= {high} (control points per axis), got {got}")
+    return int(c)
+
+
+def _rotation_max(x: float, name: str) -> float:
+    return _in_range(x, name, 0.0, MAX_ROTATION_DEG, " deg")
+
+
+def _shear_max(x: float, name: str) -> float:
+    return _in_range(x, name, 0.0, MAX_SHEAR)
 
 
 # -- families ---------------------------------------------------------------------------------
@@ -287,6 +355,10 @@ class Translation(Family):
     NAME: ClassVar[str] = "translation"
     PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.max, Magnitude):
+            raise PerturbationError("perturbation: translation.max must be a Magnitude")
+
     @classmethod
     def from_spec(cls, kv: dict[str, str]) -> "Translation":
         return cls(max=parse_magnitude(kv["max"], "translation.max")) if "max" in kv else cls()
@@ -315,9 +387,12 @@ class Rotation(Family):
     NAME: ClassVar[str] = "rotation"
     PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
 
+    def __post_init__(self) -> None:
+        _rotation_max(_real(self.max_deg, "rotation.max"), "rotation.max")
+
     @classmethod
     def from_spec(cls, kv: dict[str, str]) -> "Rotation":
-        return cls(max_deg=_num(kv.get("max", "5"), "rotation.max"))
+        return cls(max_deg=_rotation_max(_num(kv.get("max", "5"), "rotation.max"), "rotation.max"))
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3
@@ -338,11 +413,14 @@ class Scale(Family):
     NAME: ClassVar[str] = "scale"
     PARAMS: ClassVar[frozenset[str]] = frozenset({"min", "max", "per_axis"})
 
+    def __post_init__(self) -> None:
+        _scale_range(_real(self.min, "scale.min"), _real(self.max, "scale.max"), "scale")
+
     @classmethod
     def from_spec(cls, kv: dict[str, str]) -> "Scale":
         lo, hi = _scale_range(_num(kv.get("min", "0.9"), "scale.min"),
-                              _num(kv.get("max", "1.1"), "scale.max"), "scale needs 0 < min <= max")
-        return cls(min=lo, max=hi, per_axis=_flag(kv.get("per_axis", "0")))
+                              _num(kv.get("max", "1.1"), "scale.max"), "scale")
+        return cls(min=lo, max=hi, per_axis=_flag(kv.get("per_axis", "0"), "scale.per_axis"))
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 3 if self.per_axis else 1
@@ -365,12 +443,12 @@ class Shear(Family):
     NAME: ClassVar[str] = "shear"
     PARAMS: ClassVar[frozenset[str]] = frozenset({"max"})
 
+    def __post_init__(self) -> None:
+        _shear_max(_real(self.max, "shear.max"), "shear.max")
+
     @classmethod
     def from_spec(cls, kv: dict[str, str]) -> "Shear":
-        m = _num(kv.get("max", "0.02"), "shear.max")
-        if not 0 <= m < 1:
-            raise PerturbationError("perturbation: shear.max must be in [0, 1)")
-        return cls(max=m)
+        return cls(max=_shear_max(_num(kv.get("max", "0.02"), "shear.max"), "shear.max"))
 
     def dims(self, shape: tuple[int, ...]) -> int:
         return 6
@@ -399,13 +477,14 @@ class Affine(Family):
         if "translation" in kv:
             fam.translation = Translation(max=parse_magnitude(kv["translation"], "affine.translation"))
         if "rotation" in kv:
-            fam.rotation = Rotation(max_deg=_num(kv["rotation"], "affine.rotation"))
+            fam.rotation = Rotation(max_deg=_rotation_max(_num(kv["rotation"], "affine.rotation"),
+                                                          "affine.rotation"))
         lo, hi = _scale_range(_num(kv.get("scale_min", "0.9"), "affine.scale_min"),
                               _num(kv.get("scale_max", "1.1"), "affine.scale_max"),
-                              "affine needs 0 < scale_min <= scale_max")
+                              "affine scale_min/scale_max")
         fam.scale = Scale(min=lo, max=hi)
-        if "shear" in kv:
-            fam.shear = Shear(max=_num(kv["shear"], "affine.shear"))
+        if "shear" in kv:  # the same range as shear(max=...)
+            fam.shear = Shear(max=_shear_max(_num(kv["shear"], "affine.shear"), "affine.shear"))
         return fam
 
     def dims(self, shape: tuple[int, ...]) -> int:
@@ -433,24 +512,27 @@ class BSpline(Family):
     NAME: ClassVar[str] = "bspline"
     PARAMS: ClassVar[frozenset[str]] = frozenset({"max", "count", "spacing"})
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.max, Magnitude):
+            raise PerturbationError("perturbation: bspline.max must be a Magnitude")
+        if self.spacing is not None:
+            _in_range(_real(self.spacing, "bspline.spacing"), "bspline.spacing",
+                      *BSPLINE_SPACING, " voxels")
+        elif _bspline_count(self.count) is None:
+            raise PerturbationError("perturbation: bspline needs count or spacing")
+
     @classmethod
     def from_spec(cls, kv: dict[str, str]) -> "BSpline":
-        fam = cls()
-        if "max" in kv:
-            fam.max = parse_magnitude(kv["max"], "bspline.max")
         if "count" in kv and "spacing" in kv:
             raise PerturbationError("perturbation: bspline takes count or spacing, not both")
+        fam: dict[str, Any] = {}
+        if "max" in kv:
+            fam["max"] = parse_magnitude(kv["max"], "bspline.max")
         if "count" in kv:
-            c = _num(kv["count"], "bspline.count")
-            if c != int(c) or c < 4:
-                raise PerturbationError("perturbation: bspline.count must be an integer >= 4")
-            fam.count = int(c)
+            fam["count"] = _bspline_count(_num(kv["count"], "bspline.count"))
         if "spacing" in kv:
-            s = _num(kv["spacing"], "bspline.spacing")
-            if s <= 0:
-                raise PerturbationError("perturbation: bspline.spacing must be > 0 voxels")
-            fam.spacing, fam.count = s, None
-        return fam
+            fam["spacing"], fam["count"] = _num(kv["spacing"], "bspline.spacing"), None
+        return cls(**fam)
 
     def control_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         if self.spacing is not None:
@@ -522,6 +604,7 @@ class Perturbation:
         if design not in DESIGNS:
             raise PerturbationError(f"perturbation: design {design!r}; use one of {', '.join(DESIGNS)}")
         shape = tuple(int(s) for s in shape)
+        self.check_draws(n, design, shape)
         M = np.asarray(M, dtype=np.float64)
         nf = len(self.families)
         blocks = []
@@ -533,6 +616,28 @@ class Perturbation:
             block.index = index
             blocks.append(block)
         return DrawSet(blocks, n)
+
+    def check_draws(self, n: int, design: str, shape: tuple[int, ...] | None = None) -> None:
+        """PerturbationError when ``n`` draws cannot be made: a family with more dimensions
+        than scrambled Sobol supports, or more uniform numbers than MAX_DRAW_VALUES. Without
+        ``shape`` (at parse time) a B-spline given by spacing is checked later, at draw time."""
+        from .limits import MAX_DRAW_VALUES
+
+        total = 0
+        for fam in self.families:
+            if shape is None and isinstance(fam, BSpline) and fam.spacing is not None:
+                continue
+            dims = fam.dims(shape or (1, 1, 1))
+            if design == "sobol" and dims > SOBOL_MAX_DIMS:
+                raise PerturbationError(
+                    f"perturbation: {fam.name} draws {dims} numbers per sample; --sobol supports "
+                    f"at most {SOBOL_MAX_DIMS} (use a smaller control grid or drop --sobol)")
+            total += dims * -(-n // len(self.families))
+        if total > MAX_DRAW_VALUES:
+            raise PerturbationError(
+                f"perturbation: {n} samples of {self.spec or 'this perturbation'} need {total} "
+                f"random numbers; at most {MAX_DRAW_VALUES} (fewer samples or a coarser "
+                "B-spline grid)")
 
     def family_counts(self, n: int) -> dict[str, int]:
         """Samples each family name gets out of ``n`` (round-robin), as ``draw`` assigns them."""
