@@ -74,7 +74,7 @@ def test_missing_truncated_corrupt(tmp_path, vol):
     junk.write_bytes(os.urandom(2000))
     with pytest.raises(InputError, match="not a readable NIfTI"):
         io.load_image(junk)
-    with pytest.raises(InputError, match="not a file"):
+    with pytest.raises(InputError, match="a folder with no DICOM files"):
         io.load_image(tmp_path)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from . import formats
 from .errors import InputError, OutputError, first_line
 
 
@@ -60,6 +61,12 @@ def load_mask(spec: Any, role: str = "mask") -> tuple[np.ndarray, np.ndarray]:
     return mask, img.affine
 
 
+def load_array(spec: Any, role: str = "image") -> tuple[np.ndarray, np.ndarray, str]:
+    """(voxel array as stored, any rank and type, 4x4 affine, label for messages) from what
+    :func:`load_image` takes: for label maps (exact values) and multi-channel images."""
+    return _read(spec, role)
+
+
 def _read(spec: Any, role: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(voxel array as stored, 4x4 affine, label for messages); InputError when unreadable."""
     if isinstance(spec, (str, os.PathLike)):
@@ -87,6 +94,8 @@ def _read_file(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, str]:
     label = f"{role} {path}"
     if not path.exists():
         raise InputError(f"{label}: no such file")
+    if formats.handles(path):  # NRRD, MetaImage, DICOM series folders: through SimpleITK
+        return formats.read(path, label)
     if not path.is_file():
         raise InputError(f"{label}: not a file")
     try:
