@@ -36,6 +36,10 @@ class EvaluationError(RegriskError, RuntimeError):
     """The evaluation protocol could not build a case (e.g. no non-folding ground truth)."""
 
 
+class CohortError(RegriskError):
+    """A cohort cannot run as asked (output folder in use or not a cohort's, no Ray, ...)."""
+
+
 def first_line(exc: BaseException, *, typed: bool = False, limit: int = 300) -> str:
     """The first line of ``exc``'s message (its type name when the message is empty), at most
     ``limit`` characters; ``typed`` prefixes the type name. Foreign libraries (nibabel, ONNX

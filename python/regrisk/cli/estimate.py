@@ -28,6 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
+    add_estimate_options(p)
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def add_estimate_options(p: argparse.ArgumentParser) -> None:
+    """How a pair is estimated (every option that reaches Estimator or its estimate(); the
+    cohort command takes the same): read back by :func:`estimator_options` and
+    :func:`estimate_options`."""
     add_sample_options(p, samples=50)
     p.add_argument("--perturbation", default="paper",
                    help="preset (paper, translation, rotation, scale, shear, affine, bspline, "
@@ -44,8 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default: the device's first available")
     p.add_argument("--memory-budget", type=_bytes, default=None,
                    help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
-    add_run_options(p)
-    p.set_defaults(func=run)
+
+
+def estimator_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`regrisk.Estimator` from the parsed options."""
+    return {"device": args.device, "threads": args.threads, "batch": args.batch,
+            "memory_budget": args.memory_budget, "backend": args.backend}
+
+
+def estimate_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``Estimator.estimate`` (all of them shape the result)."""
+    return {"samples": args.samples, "perturbation": args.perturbation, "seed": args.seed,
+            "sobol": args.sobol, "passes": args.passes, "per_family": args.per_family}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,12 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise BudgetError(f"--batch must be >= 1, got {args.batch}")
     io.check_output(args.out, args.overwrite)  # refuse before any computation
     tune_allocator()
-    with Estimator(args.model, device=args.device, threads=args.threads, batch=args.batch,
-                   memory_budget=args.memory_budget, backend=args.backend) as est:
-        result = est.estimate(args.source, args.target, samples=args.samples,
-                              perturbation=args.perturbation, seed=args.seed, sobol=args.sobol,
-                              progress=show_progress(args), passes=args.passes,
-                              per_family=args.per_family)
+    with Estimator(args.model, **estimator_options(args)) as est:
+        result = est.estimate(args.source, args.target, progress=show_progress(args),
+                              **estimate_options(args))
     result.save(args.out, overwrite=args.overwrite)
     t = result.timings
     total = t.get("total", 0.0)

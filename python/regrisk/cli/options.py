@@ -25,10 +25,12 @@ def add_sample_options(p: argparse.ArgumentParser, samples: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """--threads, --overwrite, --quiet (after a command's own options in --help)."""
+def add_run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    """--threads, --overwrite (unless ``overwrite`` is False: a command that resumes its output
+    folder has none), --quiet (after a command's own options in --help)."""
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
