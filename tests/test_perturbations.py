@@ -155,10 +155,14 @@ def test_stratified_design_puts_one_draw_in_each_stratum_and_keeps_the_law():
         2 * n, SHAPE, M, np.random.default_rng(3), design="stratified")
     t = ds.blocks[0].affine[:, :, 3]                       # (n, 3) in [-2, 2]
     u = (t + 2) / 4                                         # back to [0, 1)
-    for axis in range(3):                                   # one value per stratum per axis
-        np.testing.assert_array_equal(np.sort(np.floor(u[:, axis] * n)), np.arange(n))
+    h = n // 2                                              # even rows, odd rows: two designs
+    for half in (u[0::2], u[1::2]):
+        for axis in range(3):                               # one value per stratum per axis
+            np.testing.assert_array_equal(np.sort(np.floor(half[:, axis] * h)), np.arange(h))
     c = (ds.blocks[1].control.reshape(n, -1) + 1) / 2
-    assert all(np.array_equal(np.sort(np.floor(c[:, j] * n)), np.arange(n)) for j in range(c.shape[1]))
+    for half in (c[0::2], c[1::2]):
+        assert all(np.array_equal(np.sort(np.floor(half[:, j] * h)), np.arange(h))
+                   for j in range(c.shape[1]))
     # many designs pooled: each coordinate is still uniform (mean 1/2, variance 1/12)
     pooled = np.concatenate([(P.parse("translation(max=1)").draw(
         n, SHAPE, M, np.random.default_rng(s), design="stratified").blocks[0].affine[:, :, 3] + 1) / 2

@@ -576,8 +576,12 @@ def _uniform(count: int, dims: int, rng: np.random.Generator, design: str) -> np
     """(count, dims) numbers in [0, 1) by design: i.i.d., scrambled Sobol or stratified."""
     if design == "iid":
         return rng.random((count, dims))
-    if design == "stratified":
-        return _stratified(count, dims, rng)
+    if design == "stratified":  # two independent halves, interleaved (see variance.py)
+        U = np.empty((count, dims))
+        U[0::2] = _stratified(len(range(0, count, 2)), dims, rng)
+        if count > 1:
+            U[1::2] = _stratified(count // 2, dims, rng)
+        return U
     from scipy.stats import qmc
 
     with warnings.catch_warnings():  # non-power-of-2 counts are fine here
@@ -596,8 +600,10 @@ class Perturbation:
              rng: np.random.Generator, sobol: bool = False, design: str | None = None) -> DrawSet:
         """``n`` perturbations for a grid of ``shape`` with voxel->mm matrix ``M``, as one block
         per family (families draw in order from ``rng``; the draws do not depend on batching).
-        design: ``iid`` (default), ``sobol`` (as ``sobol=True``) or ``stratified`` (a Latin
-        hypercube per family over its uniform parameters)."""
+        design: ``iid`` (default), ``sobol`` (as ``sobol=True``) or ``stratified``: per family,
+        its even-numbered and its odd-numbered draws each form a Latin hypercube over the
+        family's uniform parameters (two independent halves, so that the split-half precision
+        of :mod:`regrisk.variance` compares independent replicates)."""
         if n < 1:
             raise PerturbationError("perturbation: need at least one sample")
         design = design or ("sobol" if sobol else "iid")

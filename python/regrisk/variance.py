@@ -144,12 +144,13 @@ class SamplePlan:
 
     def rounds(self, families: int) -> list[int]:
         """Sizes of the successive draws: all K at once, or a first round of at least 16 then
-        steps of at least 8 (whole multiples of the family count, so each family keeps its
-        share), the last one cut at max_samples."""
+        steps of at least 8 (an even number per family, so each family keeps its share and its
+        two halves), the last one cut at max_samples."""
         if self.samples is not None:
             return [self.samples]
-        first = families * max(1, math.ceil(16 / families))
-        step = families * max(1, math.ceil(8 / families))
+        # an even count per family and round keeps the two stratified halves aligned
+        first = families * 2 * max(1, math.ceil(8 / families))
+        step = families * 2 * max(1, math.ceil(4 / families))
         sizes, total = [], 0
         while total < self.max_samples:
             n = min(first if not sizes else step, self.max_samples - total)
