@@ -100,6 +100,7 @@ def test_output_folder_is_atomic(tmp_path):
     out = tmp_path / "out"
     with io.OutputFolder(out) as tmp:
         (tmp / "a.txt").write_text("1")
+        (tmp / "summary.json").write_text('{"regrisk": "test"}')  # the marker --overwrite needs
         assert not out.exists()
     assert (out / "a.txt").read_text() == "1"
     with pytest.raises(OutputError, match="already exists"):
@@ -109,7 +110,7 @@ def test_output_folder_is_atomic(tmp_path):
             with io.OutputFolder(out, overwrite=True) as tmp:
                 (tmp / "b.txt").write_text("2")
                 raise exc()
-        assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # old output untouched
+        assert sorted(p.name for p in out.iterdir()) == ["a.txt", "summary.json"]  # untouched
     with io.OutputFolder(out, overwrite=True) as tmp:
         (tmp / "c.txt").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["c.txt"]

@@ -10,10 +10,11 @@ a failure or Ctrl-C leaves nothing behind. Every atomic write in regrisk goes th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from . import formats
-from .errors import InputError, OutputError, first_line
+from . import formats, outputs, signals
+from .errors import BudgetError, InputError, NonFiniteError, OutputError, first_line
 
 
 @dataclass
@@ -42,18 +43,21 @@ class Image:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
 
-def load_image(spec: Any, role: str = "image") -> Image:
-    """An :class:`Image` from a path, a nibabel image, or an ``(array, affine)`` pair."""
+def load_image(spec: Any, role: str = "image", budget: int | None = None) -> Image:
+    """An :class:`Image` from a path, a nibabel image, or an ``(array, affine)`` pair. The size
+    its header claims is checked (:func:`check_claimed_size`, against ``budget`` bytes) before
+    a voxel is read or decompressed."""
     if isinstance(spec, Image):
         return spec
-    data, affine, label = _read(spec, role)
+    data, affine, label = _read(spec, role, budget)
     return validate(data, affine, label)
 
 
-def load_mask(spec: Any, role: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+def load_mask(spec: Any, role: str = "mask",
+              budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(bool (D, H, W) array of the voxels > 0.5, affine) from what :func:`load_image` takes.
     A mask may be constant (all inside); it must select at least one voxel."""
-    data, affine, label = _read(spec, role)
+    data, affine, label = _read(spec, role, budget)
     img = validate(data, affine, label, allow_constant=True)
     mask = img.data > 0.5
     if not mask.any():
@@ -61,24 +65,52 @@ def load_mask(spec: Any, role: str = "mask") -> tuple[np.ndarray, np.ndarray]:
     return mask, img.affine
 
 
-def load_array(spec: Any, role: str = "image") -> tuple[np.ndarray, np.ndarray, str]:
+def load_array(spec: Any, role: str = "image",
+               budget: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(voxel array as stored, any rank and type, 4x4 affine, label for messages) from what
     :func:`load_image` takes: for label maps (exact values) and multi-channel images."""
-    return _read(spec, role)
+    return _read(spec, role, budget)
 
 
-def _read(spec: Any, role: str) -> tuple[np.ndarray, np.ndarray, str]:
+def check_claimed_size(shape: tuple[int, ...], itemsize: int, label: str,
+                       budget: int | None = None) -> None:
+    """Refuse an image from the size its header claims, before anything is read: more than
+    limits.MAX_IMAGE_VOXELS values, or more bytes (as stored plus the float32 copy) than
+    ``budget`` (default: the engine's, half the available memory up to 16 GiB)."""
+    from .limits import MAX_IMAGE_VOXELS
+    from .memory import default_budget, gib
+
+    dims = "x".join(str(int(n)) for n in shape)
+    values = math.prod(int(n) for n in shape)
+    if any(int(n) < 0 for n in shape) or values > MAX_IMAGE_VOXELS:
+        raise InputError(f"{label}: the header claims {dims} = {values} values; regrisk reads "
+                         f"images of at most {MAX_IMAGE_VOXELS} (2^28) voxels")
+    need = values * (int(itemsize) + 4)
+    limit = default_budget() if budget is None else int(budget)
+    if need > limit:
+        raise BudgetError(f"{label}: reading its {dims} voxels needs {gib(need)}, over the "
+                          f"memory budget of {gib(limit)}")
+
+
+def _read(spec: Any, role: str, budget: int | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(voxel array as stored, 4x4 affine, label for messages); InputError when unreadable."""
     if isinstance(spec, (str, os.PathLike)):
-        return _read_file(Path(spec), role)
+        return _read_file(Path(spec), role, budget)
     if isinstance(spec, tuple) and len(spec) == 2:
-        data, affine = np.asarray(spec[0]), np.asarray(spec[1], dtype=np.float64)
         label = f"{role} array"
+        try:
+            data, affine = np.asarray(spec[0]), np.asarray(spec[1], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{label}: the affine is not a 4x4 array of numbers "
+                             f"({_reason(exc)})") from None
         if affine.shape != (4, 4):
             raise InputError(f"{label}: affine must be 4x4, got {affine.shape}")
+        check_claimed_size(data.shape, 0, label, budget)
         return data, affine, label
     if hasattr(spec, "dataobj") and hasattr(spec, "affine"):
         label = f"{role} image"
+        dtype = getattr(spec, "get_data_dtype", lambda: np.float64)()
+        check_claimed_size(tuple(spec.shape), np.dtype(dtype).itemsize, label, budget)
         try:
             data = np.asanyarray(spec.dataobj)
         except Exception as exc:
@@ -88,10 +120,12 @@ def _read(spec: Any, role: str) -> tuple[np.ndarray, np.ndarray, str]:
                      f"got {type(spec).__name__}")
 
 
-def _read_file(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_file(path: Path, role: str, budget: int | None) -> tuple[np.ndarray, np.ndarray, str]:
     import nibabel as nib
 
     label = f"{role} {path}"
+    if "\0" in str(path):
+        raise InputError(f"{label}: a path cannot hold a NUL character")
     if not path.exists():
         raise InputError(f"{label}: no such file")
     if formats.handles(path):  # NRRD, MetaImage, DICOM series folders: through SimpleITK
@@ -102,11 +136,31 @@ def _read_file(path: Path, role: str) -> tuple[np.ndarray, np.ndarray, str]:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for unknown/corrupt headers
         raise InputError(f"{label}: not a readable NIfTI image ({_reason(exc)})") from None
+    _check_nifti_size(img, label, budget)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated or corrupt payload (EOFError, zlib.error, ...)
         raise InputError(f"{label}: image data is truncated or corrupt ({_reason(exc)})") from None
     return data, np.asarray(img.affine, dtype=np.float64), label
+
+
+def _check_nifti_size(img: Any, label: str, budget: int | None) -> None:
+    """The header's claim against the limits, and against the file's length where the data
+    is stored uncompressed (a short file is refused without reading it)."""
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    check_claimed_size(tuple(img.shape), itemsize, label, budget)
+    data_file = getattr(img.file_map.get("image"), "filename", None)
+    offset = getattr(img.dataobj, "offset", None)
+    if data_file is None or offset is None or str(data_file).lower().endswith(_COMPRESSED):
+        return
+    need = int(offset) + math.prod(int(n) for n in img.shape) * itemsize
+    have = os.path.getsize(data_file)
+    if have < need:
+        raise InputError(f"{label}: image data is truncated or corrupt (the header claims "
+                         f"{need} bytes, the file holds {have})")
+
+
+_COMPRESSED = (".gz", ".bz2", ".zst")
 
 
 def _reason(exc: BaseException) -> str:
@@ -149,13 +203,24 @@ def _scalar_volume(data: np.ndarray, label: str) -> np.ndarray:
 
 # -- output ------------------------------------------------------------------------------------
 
-def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse early (before any computation) when ``out_dir`` cannot be written as asked."""
+def check_output(out_dir: str | os.PathLike[str], overwrite: bool,
+                 protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Refuse early (before any computation) when ``out_dir`` cannot be written as asked.
+    ``overwrite`` replaces only a folder regrisk wrote, never one that is or holds a path in
+    ``protect`` (the inputs and the model): :mod:`regrisk.outputs`."""
     out = Path(out_dir)
+    if out.is_symlink() and not out.exists():
+        raise OutputError(f"output {out}: is a dangling symbolic link")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out}: exists and is not a folder")
     if out.exists() and not overwrite:
         raise OutputError(f"output {out}: already exists (use --overwrite / overwrite=True)")
+    if out.exists():
+        outputs.check_replaceable(out, protect)
+    if not out.name or out.name in (".", ".."):
+        raise OutputError(f"output {out}: name a folder to create")
+    if len(out.name.encode()) > _name_max(out.absolute().parent):
+        raise OutputError(f"output {out}: the name is longer than the file system allows")
     parent = out.absolute().parent
     if not parent.is_dir():
         raise OutputError(f"output {out}: parent folder {parent} does not exist")
@@ -164,18 +229,35 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     return out
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
 class OutputFolder:
     """Context manager: yields a temporary folder beside ``out_dir``; on success it replaces
-    ``out_dir`` (only if ``overwrite``), on any exception (Ctrl-C included) it is removed."""
+    ``out_dir`` (only if ``overwrite``, and only a folder regrisk wrote that holds none of
+    ``protect``), on any exception (Ctrl-C, SIGTERM and SIGHUP included) it is removed. An
+    OSError while writing into it becomes an OutputError naming the output."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
-        self.out = check_output(out_dir, overwrite)
+    def __init__(self, out_dir: str | os.PathLike[str], overwrite: bool = False,
+                 protect: Iterable[str | os.PathLike[str]] = ()) -> None:
+        self.protect = list(protect)
+        self.out = check_output(out_dir, overwrite, self.protect)
         self.overwrite = overwrite
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
         parent = self.out.absolute().parent
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        with signals.deferred():  # the folder exists only once __exit__ will remove it
+            try:
+                self.tmp = Path(tempfile.mkdtemp(
+                    prefix=f".{outputs.short_name(self.out.name)}.tmp-", dir=parent))
+            except OSError as exc:
+                raise OutputError(f"output {self.out}: cannot create a folder beside it "
+                                  f"({exc.strerror})") from None
         # mkdtemp makes the folder private (0700); the result should read like a plain mkdir.
         umask = os.umask(0)
         os.umask(umask)
@@ -185,22 +267,20 @@ class OutputFolder:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.tmp is None:  # never entered: nothing was staged
             return
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        try:
-            if self.out.exists():
-                if not self.overwrite:
-                    raise OutputError(f"output {self.out}: appeared while running; not replaced")
-                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-                os.replace(self.out, old)
-                os.replace(self.tmp, self.out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, self.out)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
+        with signals.deferred():  # neither the cleanup nor the renames are cut in half
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                if isinstance(exc, OSError) and str(self.tmp) in str(exc.filename or ""):
+                    raise OutputError(f"output {self.out}: writing failed "
+                                      f"({exc.strerror or first_line(exc)})") from exc
+                return
+            try:
+                outputs.commit(self.tmp, self.out, self.overwrite, self.protect)
+            except OSError as exc:
+                raise OutputError(f"output {self.out}: cannot be put in place "
+                                  f"({exc.strerror or first_line(exc)})") from None
+            finally:
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -212,10 +292,12 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
         yield tmp
-        os.replace(tmp, target)
+        with signals.deferred():
+            os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with signals.deferred():
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -249,7 +331,14 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, vector: bool
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """``payload`` as JSON; a NaN or Inf anywhere in it is an error, never a number."""
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default,
+                          allow_nan=False)
+    except ValueError:
+        raise NonFiniteError(f"{path.name}: a value to record is NaN or Inf; nothing is "
+                             "reported as a number that is not one") from None
+    path.write_text(text + "\n")
 
 
 def _json_default(obj: Any) -> Any:
