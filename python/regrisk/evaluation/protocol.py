@@ -457,8 +457,8 @@ def _write_outputs(stage: Path, plot_dir: Path | None, cfg: EvaluationConfig,
                                   plot_dir / f"convergence_{kind}.png",
                                   title=f"sample efficiency, {kind} ground truth")
     (stage / "summary.md").write_text(_summary_md(cfg, rows, conv, info))
-    (stage / "config.json").write_text(json.dumps(
-        {"model": info["model"], "samples": cfg.samples, "repeats": cfg.repeats,
+    (stage / "config.json").write_text(json.dumps(  # "regrisk": the marker --overwrite needs
+        {"regrisk": "evaluate", "model": info["model"], "samples": cfg.samples, "repeats": cfg.repeats,
          "seed": cfg.seed, "ground_truth": list(cfg.ground_truth),
          "perturbation": list(cfg.perturbation), "base": cfg.base,
          "baselines": list(cfg.baselines), "convergence": cfg.convergence,
