@@ -65,7 +65,8 @@ def test_end_to_end_outputs_on_target_grid(files, tmp_path, capsys):
     world_shift = np.asarray(summary["inputs"]["source"]["affine"])[:3, 3] - AFF_T[:3, 3]
     L = AFF_T[:3, :3]
     expected = L @ (np.array([7.0, 9.5, 10.0]) - np.array([8.0, 8.5, 9.0])) + world_shift
-    np.testing.assert_allclose(disp.get_fdata()[8, 9, 10, 0], expected, atol=0.05)
+    # the file holds it in ITK's LPS+ axes (RAS+ with x and y negated), as ANTs reads it
+    np.testing.assert_allclose(disp.get_fdata()[8, 9, 10, 0], expected * [-1, -1, 1], atol=0.05)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temp folder left
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io, kernels, memory, model_loading, perturbations, provenance, variance
+from . import io, jacobian, kernels, memory, model_loading, perturbations, provenance, variance
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
@@ -181,6 +181,7 @@ class Estimator:
             native["intrinsic"] = pair.to_native(maps.intrinsic)
             native["bias_jitter"] = pair.to_native(maps.bias_jitter)
         out = {k: to_numpy(v) for k, v in native.items()}
+        out["jacobian"] = jacobian.determinant(out["displacement"], pair.target.affine)
         out["family_uncertainty"] = {f: to_numpy(pair.to_native(v)) for f, v in maps.families.items()}
         return out
 
@@ -191,6 +192,7 @@ class Estimator:
             model={"label": self.resolved.label, "kind": self.resolved.kind},
             card=self.runner.card.to_dict(), params=params,  # type: ignore[union-attr]
             backend=self.runner.describe(), pair=pair, timings=timings, sigma_grid=sigma_grid)
+        summary["jacobian"] = jacobian.folding(native["jacobian"], pair.tmap.covered())
         return EstimateResult(
             **native, affine=pair.target.affine.copy(), timings=timings, summary=summary,
             grid_uncertainty=sigma_grid, grid_displacement=to_numpy(u0),

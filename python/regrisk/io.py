@@ -289,7 +289,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     still work); renamed onto ``path`` when the block succeeds, removed when it fails, so a
     reader never sees a half-written file."""
     target = Path(path)
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    # keep a compressed file's two suffixes (.nii.gz): nibabel picks the format from both
+    suffix = "".join(target.suffixes[-2:]) if target.suffix == ".gz" else target.suffix
+    stem = target.name[: len(target.name) - len(suffix)]
+    tmp = target.with_name(f".{outputs.short_name(stem)}.tmp-{os.getpid()}{suffix}")
     try:
         yield tmp
         with signals.deferred():
@@ -307,19 +310,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, *, vector: bool = False,
-               mm: bool = True, description: str = "") -> None:
+               mm: bool = True, description: str = "", dtype: Any = np.float32) -> None:
     """Write ``data`` with the ``affine`` (sform and qform). ``vector``: data is (3, D, H, W)
-    and is stored as (D, H, W, 1, 3) with the NIfTI vector intent (one vector per voxel)."""
+    and is stored as (D, H, W, 1, 3) with the NIfTI vector intent (one vector per voxel).
+    ``dtype``: the stored voxel type (label maps keep theirs)."""
     import nibabel as nib
 
-    arr = np.asarray(data, dtype=np.float32)
+    arr = np.asarray(data, dtype=dtype)
     if vector:
         arr = np.moveaxis(arr, 0, -1)[:, :, :, None, :]
     elif arr.ndim == 4:  # a stack of scalar volumes: (C, D, H, W) -> (D, H, W, C)
         arr = np.moveaxis(arr, 0, -1)
     img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
     hdr = img.header
-    hdr.set_data_dtype(np.float32)
+    hdr.set_data_dtype(arr.dtype)
     img.set_sform(affine, code=2)
     img.set_qform(affine, code=2)
     hdr.set_xyzt_units(xyz="mm")

@@ -11,8 +11,15 @@ import numpy as np
 CONVENTIONS = {
     "uncertainty": "sqrt(tr(M Sigma M^T)) in mm, target native grid",
     "uncertainty_axes": "std along world x, y, z (mm)",
-    "displacement": "world displacement in mm along world x, y, z (NIfTI RAS+), "
-                    "vector intent, shape (D, H, W, 1, 3)",
+    "displacement": "ITK/ANTs displacement field: vector intent, shape (X, Y, Z, 1, 3), mm "
+                    "along LPS+ world axes (ITK's; NIfTI's RAS+ with x and y negated), on the "
+                    "target grid, target point -> matched source point (antsApplyTransforms, "
+                    "SimpleITK DisplacementFieldTransform and Slicer apply it as it is); "
+                    "in the Python API (EstimateResult.displacement) the same field is RAS+ mm",
+    "mean_displacement": "as displacement, for the mean of the composed samples",
+    "jacobian": "det(I + du/dx) of x -> x + u(x), u = displacement, x in world mm (as ANTs' "
+                "CreateJacobianDeterminantImage); det <= 0 is folding, counted in "
+                "summary jacobian over the target voxels inside the model grid's field of view",
 }
 
 

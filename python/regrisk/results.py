@@ -6,7 +6,10 @@ Output conventions (on the target's native grid, with its affine):
   samples' end points in the source model grid, M that grid's voxel->mm matrix.
 - ``uncertainty_axes`` sqrt(diag(M Sigma M^T)): standard deviation along world x, y, z (mm).
 - ``displacement`` / ``mean_displacement``: world displacement in mm along the world (NIfTI RAS+)
-  axes, world(source point matched to x) - world(x); for images on one grid this is M u.
+  axes, world(source point matched to x) - world(x); for images on one grid this is M u. Their
+  files follow ITK's convention instead (LPS+ vectors, :mod:`regrisk.fieldfiles`), so that ANTs,
+  ITK, SimpleITK and Slicer apply them as they are.
+- ``jacobian``: det(I + du/dx) of the map x -> x + u(x) of ``displacement``, in world mm.
 - ``warped_source``: the native source resampled through the unperturbed prediction.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io
+from . import fieldfiles, io
 
 
 @dataclass
@@ -42,8 +45,12 @@ class Prediction:
 _MAPS = (
     ("uncertainty", "uncertainty", "regrisk sigma (mm)", False),
     ("uncertainty_axes", "uncertainty_axes", "regrisk per-axis std x,y,z (mm)", False),
-    ("displacement", "displacement", "regrisk displacement (mm, world axes)", True),
-    ("mean_displacement", "mean_displacement", "regrisk mean composed displacement (mm)", True),
+    ("displacement", "displacement",
+     "regrisk displacement, ITK/ANTs warp: LPS mm, target point -> source point", True),
+    ("mean_displacement", "mean_displacement",
+     "regrisk mean composed displacement, ITK/ANTs warp: LPS mm, target->source", True),
+    ("jacobian", "jacobian", "regrisk det(I + du/dx) of x -> x + u(x), world mm; <= 0 folds",
+     False),
     ("warped_source", "warped_source", "regrisk warped source", False),
     ("intrinsic", "intrinsic", "regrisk intrinsic spread (mm)", False),
     ("bias_jitter", "bias_jitter", "regrisk bias jitter (mm)", False),
@@ -66,6 +73,7 @@ class EstimateResult:
     grid_to_mm: np.ndarray            # (3, 3)
     intrinsic: np.ndarray | None = None      # nested design only: (D, H, W) mm
     bias_jitter: np.ndarray | None = None    # nested design only: (D, H, W) mm
+    jacobian: np.ndarray | None = None       # (D, H, W) det(I + du/dx) of displacement
     family_uncertainty: dict[str, np.ndarray] = field(default_factory=dict)  # per_family only
 
     def _maps(self) -> list[tuple[str, np.ndarray, str, bool]]:
@@ -83,7 +91,10 @@ class EstimateResult:
         with io.OutputFolder(out_dir, overwrite) as tmp:
             files = []
             for name, data, desc, vector in self._maps():
-                io.save_nifti(tmp / name, data, self.affine, vector=vector, description=desc)
+                if vector:  # ITK's convention on disk: LPS+ vectors
+                    fieldfiles.save_displacement(tmp / name, data, self.affine, desc)
+                else:
+                    io.save_nifti(tmp / name, data, self.affine, description=desc)
                 files.append(name)
             self.timings["save"] = time.perf_counter() - t0
             summary = dict(self.summary, timings=dict(self.timings), files=files + ["summary.json"])

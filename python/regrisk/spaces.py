@@ -68,6 +68,20 @@ class GridMap:
         return (self.native_shape == self.grid_shape and np.array_equal(self.A, np.eye(3))
                 and not np.any(self.b))
 
+    def covered(self) -> np.ndarray:
+        """(native shape) bool: the native voxels inside the model grid's field of view whose
+        neighbours are too (a field brought back from the grid, and its derivatives, are
+        defined there). Stretch covers every voxel; reslice may leave a margin uncovered."""
+        if self.method == "stretch":
+            return np.ones(self.native_shape, dtype=bool)
+        from scipy.ndimage import binary_erosion
+
+        y = np.indices(self.native_shape, dtype=np.float64).reshape(3, -1)
+        q = np.linalg.solve(self.A, y - self.b[:, None])     # model-grid voxel of each native one
+        top = np.asarray(self.grid_shape, dtype=np.float64)[:, None] - 1
+        inside = np.all((q >= -1e-6) & (q <= top + 1e-6), axis=0).reshape(self.native_shape)
+        return binary_erosion(inside, border_value=1)
+
     def to_grid(self, volume: Array, kernels: Any) -> Array:
         """Native (D,H,W) or (C,D,H,W) volume -> model grid."""
         if self.is_identity:

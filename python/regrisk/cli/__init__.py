@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ..errors import RegriskError
 
 # Subcommand modules, in the order their commands appear in --help.
-_COMMANDS = ("estimate", "cohort", "card", "info", "export", "demo", "evaluate")
+_COMMANDS = ("estimate", "apply", "cohort", "card", "info", "export", "demo", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
