@@ -40,8 +40,11 @@ def packaged_model_path(name: str) -> Path:
     return path
 
 
-def resolve(model: Any, card: ModelCard | None = None) -> ResolvedModel:
-    """Turn ``model`` into a loadable source and its (validated) card."""
+def resolve(model: Any, card: ModelCard | None = None,
+            budget: int | None = None) -> ResolvedModel:
+    """Turn ``model`` into a loadable source and its (validated) card. The graph file and its
+    external data are sized from the file system before anything is read (limits: at most
+    2 GiB of graph, everything within ``budget`` bytes, default the engine's budget)."""
     if callable(model) and not isinstance(model, (str, os.PathLike)):
         label = getattr(model, "__name__", type(model).__name__)
         return ResolvedModel(ModelSource(function=model, label=label), card, "callable", label)
@@ -58,11 +61,93 @@ def resolve(model: Any, card: ModelCard | None = None) -> ResolvedModel:
     else:
         raise ModelError(f"model: expected 'default', an ONNX path or a callable, got "
                          f"{type(model).__name__}")
+    check_file_size(path, budget)
     graph = load_graph(path)
+    check_external_data(graph, path, budget)
     if card is None:
-        card = read_card(path)
+        card = card_of(path, graph)
     check_card(card, graph, label)
     return ResolvedModel(ModelSource(path=path, label=label), card, "onnx", label)
+
+
+def check_file_size(path: Path, budget: int | None = None) -> None:
+    """ModelError for a graph file over protobuf's 2 GiB or over the memory budget, from its
+    size on disk (before it is read)."""
+    from .limits import MAX_GRAPH_BYTES
+    from .memory import default_budget, gib
+
+    size = path.stat().st_size
+    if size > MAX_GRAPH_BYTES:
+        raise ModelError(f"model {path}: {gib(size)}; an ONNX file holds at most {gib(MAX_GRAPH_BYTES)} "
+                         "(larger weights belong in external data)")
+    limit = default_budget() if budget is None else budget
+    if size > limit:
+        raise ModelError(f"model {path}: {gib(size)}, over the memory budget of {gib(limit)}")
+
+
+def check_external_data(graph: Any, path: Path, budget: int | None = None) -> None:
+    """ModelError unless every external-data file of ``graph`` lies inside the model's folder
+    and the graph plus its external data fit in the memory budget (sizes from the file system
+    and the graph's declared lengths; nothing is read)."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    from .memory import default_budget, gib
+
+    folder = path.absolute().parent.resolve()
+    total, seen = path.stat().st_size, set()
+    for tensor in _tensors(graph.graph):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        where = (folder / str(info.location)).resolve()
+        if folder not in where.parents:
+            raise ModelError(f"model {path}: external data {info.location!r} lies outside the "
+                             "model's folder")
+        if not where.is_file():
+            raise ModelError(f"model {path}: external data file {info.location!r} is missing")
+        size = where.stat().st_size
+        length = int(info.length) if info.length else size - int(info.offset or 0)
+        if int(info.offset or 0) + length > size:
+            raise ModelError(f"model {path}: external data {info.location!r} is shorter than "
+                             "the graph declares")
+        if (where, info.offset) not in seen:
+            seen.add((where, info.offset))
+            total += length
+    limit = default_budget() if budget is None else budget
+    if total > limit:
+        raise ModelError(f"model {path}: graph and external data take {gib(total)}, over the "
+                         f"memory budget of {gib(limit)}")
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def card_of(path: Path, graph: Any) -> ModelCard:
+    """The card of an ONNX file: its sidecar if present, else the metadata of the graph already
+    read (the file is not read a second time); at most 1 MiB of JSON."""
+    from .card import METADATA_KEY, sidecar_path
+    from .limits import MAX_CARD_BYTES
+
+    side = sidecar_path(path)
+    if side.is_file():
+        if side.stat().st_size > MAX_CARD_BYTES:
+            raise CardError(f"{side}: a model card of more than {MAX_CARD_BYTES} bytes")
+        return read_card(path)
+    for prop in graph.metadata_props:
+        if prop.key == METADATA_KEY:
+            if len(prop.value) > MAX_CARD_BYTES:
+                raise CardError(f"{path}: a model card of more than {MAX_CARD_BYTES} bytes")
+            return ModelCard.from_json(prop.value)
+    return read_card(path)  # raises the "no model card" error
 
 
 def load_graph(path: Path) -> Any:
