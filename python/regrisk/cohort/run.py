@@ -89,18 +89,16 @@ def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.Pat
         manifest = Manifest(out)
         folder.remove_leftovers(out)
         todo = plan(listed, manifest, model_sha, settings, out / folder.PAIRS)
-        summary = CohortSummary(out, len(listed), done=len(todo.current),
-                                skipped=len(todo.current))
-        current = dict(todo.current)
+        summary = CohortSummary(out, len(listed), skipped=len(todo.current))
         for outcome in todo.refused:
             if on_refused is not None:
                 on_refused(outcome.error or "")
-            current[outcome.id] = manifest.record(outcome, None)
+            manifest.record(outcome, None)
         bar = CohortProgress(len(listed), len(todo.current), len(todo.refused), progress)
         try:
             for outcome in make_engine(engine, model, settings, ray_options).run(
                     todo.run, out / folder.PAIRS):
-                current[outcome.id] = manifest.record(outcome, todo.keys.get(outcome.id))
+                manifest.record(outcome, todo.keys.get(outcome.id))
                 summary.ran += 1
                 bar.update(outcome)
                 if on_outcome is not None:
@@ -110,8 +108,21 @@ def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.Pat
         finally:
             bar.close()
             folder.remove_leftovers(out)
+            current = _current(Manifest(out), listed, todo.keys)  # what the disk says
             _write_outputs(out, listed, current, model, settings)
     return _count(summary, current)
+
+
+def _current(manifest: Manifest, pairs: list[Pair],
+             keys: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each pair's latest record when it was made from the pair's present key (None for a
+    pair refused before running); pairs without one are pending."""
+    out = {}
+    for pair in pairs:
+        record = manifest.get(pair.id)
+        if record is not None and record.get("key") == keys.get(pair.id):
+            out[pair.id] = record
+    return out
 
 
 def _write_outputs(out: Path, pairs: list[Pair], current: dict[str, dict[str, Any]],
