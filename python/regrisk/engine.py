@@ -14,16 +14,18 @@ Output conventions are documented in :mod:`regrisk.results`.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import numpy as np
 
-from . import io, jacobian, kernels, memory, model_loading, perturbations, provenance, variance
+from . import (io, jacobian, kernels, limits, memory, model_loading, perturbations, provenance,
+               variance)
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
-from .errors import BudgetError, InputError, ModelError
+from .errors import BudgetError, ModelError
 from .memory import DEFAULT_ACTIVATION_FLOATS, keep_freed_memory  # noqa: F401 (public names)
 from .pair import PreparedPair, prepare_pair
 from .provenance import versions  # noqa: F401 (public name)
@@ -39,10 +41,24 @@ __all__ = ["Estimator", "EstimateResult", "Prediction", "keep_freed_memory", "ve
 _UNPERTURBED = "the unperturbed pair"
 
 
-def _count(value: Any, name: str, minimum: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
-    return int(value)
+def _require_finite_maps(maps: GridMaps, xp: Any) -> None:
+    """Every finalised map finite: the statistics keep NaN (never 0), so a non-finite sample
+    that got this far stops the run here rather than reaching a file."""
+    named = {"the uncertainty map": maps.sigma, "the per-axis map": maps.axes,
+             "the mean composed field": maps.mean, "the intrinsic map": maps.intrinsic,
+             "the bias-jitter map": maps.bias_jitter,
+             **{f"the {f} map": m for f, m in maps.families.items()}}
+    for what, a in named.items():
+        if a is not None:
+            require_finite(a, "the statistics gave", what, xp)
+
+
+def _input_paths(*specs: Any) -> tuple[str, ...]:
+    """The files a result was computed from (paths, and the model's file): a save with
+    overwrite never replaces a folder that holds one of them."""
+    paths = [s for s in specs[:-1] if isinstance(s, (str, os.PathLike))]
+    model_path = getattr(specs[-1].source, "path", None)
+    return tuple(str(p) for p in paths + ([model_path] if model_path else []))
 
 
 class Estimator:
@@ -66,17 +82,15 @@ class Estimator:
                  activation_floats: int = DEFAULT_ACTIVATION_FLOATS) -> None:
         if device not in ("cpu", "cuda"):
             raise ModelError(f"device {device!r}: use 'cpu' or 'cuda'")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ModelError(f"threads must be an integer >= 1, got {threads!r}")
-        if batch is not None and (not isinstance(batch, int) or batch < 1):
-            raise ModelError(f"batch must be an integer >= 1, got {batch!r}")
-        if memory_budget is not None and memory_budget <= 0:
-            raise BudgetError(f"memory budget must be positive, got {memory_budget}")
+        threads = limits.threads(threads, ModelError)
+        if batch is not None:
+            batch = limits.integer(batch, "batch", 1, limits.MAX_BATCH, ModelError)
+        memory_budget = limits.memory_budget(memory_budget, BudgetError)
         self.device, self.threads, self.batch = device, threads, batch
         self.memory_budget = memory_budget
         self.activation_floats = int(activation_floats)
         self.ops = kernels.Bound(threads)
-        self.resolved = model_loading.resolve(model, card)
+        self.resolved = model_loading.resolve(model, card, budget=memory_budget)
         self.runner = ModelRunner(self.resolved, device=device, backend=backend,
                                   threads=threads, options=dict(backend_options or {}))
 
@@ -122,7 +136,8 @@ class Estimator:
         ``pooled`` / ``pooled(4mm)`` or a ``+`` combination (see :mod:`regrisk.variance`).
         """
         plan = variance.sample_plan(samples, precision, max_samples)
-        passes = _count(passes, "passes", 1)
+        passes = limits.integer(passes, "passes", 1, limits.MAX_PASSES)
+        seed = limits.seed(seed)
         reduction = variance.parse(variance_reduction, sobol)
         pert = perturbations.parse(perturbation)
         t_start = time.perf_counter()
@@ -137,7 +152,7 @@ class Estimator:
             pert, plan, reduction.design, np.random.default_rng(seed), progress)
         with clock.stage("finalise"):
             maps = stats.finalise(pair.grid_to_mm)
-            require_finite(maps.sigma, "the statistics gave", "the uncertainty map", pair.xp)
+            _require_finite_maps(maps, pair.xp)
         with clock.stage("to_native"):
             native = self._native_maps(pair, maps, u0)
         clock.times["total"] = time.perf_counter() - t_start
@@ -147,12 +162,14 @@ class Estimator:
             sorted(maps.families))
         result = self._result(pair, maps, native, u0, params, dict(clock.times))
         result.summary["sampling"] = _sampling_summary(plan, reduction, outcome)
+        result.inputs = _input_paths(source, target, self.resolved)
         return result
 
     # -- the parts -----------------------------------------------------------------------------
     def _prepare(self, source: Any, target: Any) -> tuple[PreparedPair, StageClock]:
         t0 = time.perf_counter()
-        src_img, tgt_img = io.load_image(source, "source"), io.load_image(target, "target")
+        src_img = io.load_image(source, "source", budget=self.memory_budget)
+        tgt_img = io.load_image(target, "target", budget=self.memory_budget)
         t_load = time.perf_counter() - t0
         backend, card = self.runner.bind(tgt_img.shape)
         clock = StageClock(backend.xp)

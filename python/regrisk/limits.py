@@ -5,7 +5,7 @@ arguments, a file's header), before anything is computed, allocated or decompres
 perturbation families own their own ranges (:mod:`regrisk.perturbations`).
 
 ==================  ====================================================================
-samples             2 .. 10000 perturbations
+samples             2 .. 100000 perturbations (or 'auto')
 passes              1 .. 1000 stochastic passes per perturbation
 batch               1 .. 1024 samples per network call
 threads             1 .. min(1024, 4 x the cores this process may use)
@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InputError
 
-MAX_SAMPLES = 10_000
+MAX_SAMPLES = 100_000
 MAX_PASSES = 1_000
 MAX_BATCH = 1_024
 MAX_SEED = 2**63 - 1

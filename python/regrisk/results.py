@@ -75,6 +75,7 @@ class EstimateResult:
     bias_jitter: np.ndarray | None = None    # nested design only: (D, H, W) mm
     jacobian: np.ndarray | None = None       # (D, H, W) det(I + du/dx) of displacement
     family_uncertainty: dict[str, np.ndarray] = field(default_factory=dict)  # per_family only
+    inputs: tuple[str, ...] = ()  # source, target and model files: save never replaces them
 
     def _maps(self) -> list[tuple[str, np.ndarray, str, bool]]:
         """(file name, data, description, vector) of every map this result holds."""
@@ -86,9 +87,10 @@ class EstimateResult:
         return out
 
     def save(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-        """Write the NIfTI outputs and summary.json into ``out_dir`` atomically."""
+        """Write the NIfTI outputs and summary.json into ``out_dir`` atomically. ``overwrite``
+        replaces only a folder regrisk wrote, never one holding an input or the model."""
         t0 = time.perf_counter()
-        with io.OutputFolder(out_dir, overwrite) as tmp:
+        with io.OutputFolder(out_dir, overwrite, protect=self.inputs) as tmp:
             files = []
             for name, data, desc, vector in self._maps():
                 if vector:  # ITK's convention on disk: LPS+ vectors
