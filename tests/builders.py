@@ -215,3 +215,63 @@ def oblique_affine(spacing=(1.5, 1.0, 2.0), angle_deg: float = 20.0, origin=(-10
     A[:3, :3] = R @ np.diag(spacing)
     A[:3, 3] = origin
     return A
+
+
+# -- oblique pairs for the interoperability tests (ANTs, SimpleITK) ----------------------------
+
+def centred_affine(shape, spacing, euler_deg, flip=(1, 1, 1)) -> np.ndarray:
+    """A NIfTI affine with rotation ``euler_deg`` (xyz, degrees), anisotropic ``spacing``, axes
+    optionally flipped (a left-handed grid), whose central voxel sits at world (0, 0, 0)."""
+    from scipy.spatial.transform import Rotation
+
+    A = np.eye(4)
+    A[:3, :3] = Rotation.from_euler("xyz", euler_deg, degrees=True).as_matrix() @ np.diag(
+        np.asarray(spacing, dtype=np.float64) * np.asarray(flip))
+    A[:3, 3] = -A[:3, :3] @ ((np.asarray(shape) - 1) / 2)
+    return A
+
+
+def world_points(shape, affine) -> np.ndarray:
+    """(3, *shape) world (RAS mm) position of every voxel."""
+    ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    return (affine[:3, :3] @ ijk + affine[:3, 3:]).reshape((3, *shape))
+
+
+def phantom(shape, affine) -> np.ndarray:
+    """A smooth head-like phantom defined in world mm (so every grid shows the same object): an
+    ellipsoid of radii (10, 9, 10) mm with blobs inside and zero background."""
+    x = world_points(shape, affine)
+    r = np.sqrt((x[0] / 10) ** 2 + (x[1] / 9) ** 2 + (x[2] / 10) ** 2)
+    body = 1 / (1 + np.exp((r - 1) * 12))
+    blobs = sum(w * np.exp(-((x - np.reshape(c, (3, 1, 1, 1))) ** 2).sum(0) / 8)
+                for w, c in ((60, (3, 2, -2)), (-40, (-4, -1, 3)), (30, (1, -4, 4))))
+    v = body * (100 + blobs)
+    v[r > 1.3] = 0
+    return v.astype(np.float32)
+
+
+# Label values chosen to be awkward: far apart, one above 2^10, in a 16-bit type.
+PHANTOM_LABELS = (3, 17, 250, 1000, 2047)
+
+
+def phantom_labels(shape, affine) -> np.ndarray:
+    """int16 label map of the phantom: a core and four sectors of the ellipsoid, 0 outside."""
+    x = world_points(shape, affine)
+    r = np.sqrt((x[0] / 10) ** 2 + (x[1] / 9) ** 2 + (x[2] / 10) ** 2)
+    sector = (x[0] > 0).astype(int) + 2 * (x[2] > 0)
+    out = np.asarray(PHANTOM_LABELS[1:], dtype=np.int16)[sector]
+    out[r < 0.45] = PHANTOM_LABELS[0]
+    out[r >= 1] = 0
+    return out
+
+
+def smooth_field_model(amplitude: float = 1.5, periods: float = 1.0):
+    """A callable registration model: a fixed smooth nonlinear field (voxels of its grid)."""
+    def model(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        b, _, *grid = source.shape
+        g = np.stack(np.meshgrid(*[np.linspace(0, periods * np.pi, n) for n in grid],
+                                 indexing="ij"))
+        u = amplitude * np.stack([np.sin(g[1]) * np.cos(g[2]), np.sin(g[0] + g[2]) - 0.5,
+                                  0.6 + 0.4 * np.sin(g[0])])
+        return np.ascontiguousarray(np.broadcast_to(u[None], (b, 3, *grid)), dtype=np.float32)
+    return model

@@ -13,6 +13,7 @@ with one line naming the problem, never resampled.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +35,10 @@ def handles(path: Path) -> bool:
     return path.is_dir() or path.name.lower().endswith(SUFFIXES + _DICOM_FILE)
 
 
-def read(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """(voxel array in (i, j, k[, c]) order, 4x4 RAS+ affine, label) of a file or series."""
+def read(path: Path, label: str, budget: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray, str]:
+    """(voxel array in (i, j, k[, c]) order, 4x4 RAS+ affine, label) of a file or series; its
+    size is checked from the headers first (:func:`regrisk.io.check_claimed_size`)."""
     if path.is_dir() and not any(_is_dicom(p) for p in path.iterdir() if p.is_file()):
         raise InputError(f"{label}: a folder with no DICOM files (a folder is read as one "
                          "DICOM series)")
@@ -43,7 +46,10 @@ def read(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, str]:
         raise InputError(f"{label}: a single DICOM file; give the folder that holds its series")
     sitk = _simpleitk(label)
     with _quiet(sitk):
-        image = _read_series(sitk, path, label) if path.is_dir() else _read_file(sitk, path, label)
+        if path.is_dir():
+            image = _read_series(sitk, path, label, budget)
+        else:
+            image = _read_file(sitk, path, label, budget)
     return to_array_affine(image, label) + (label,)
 
 
@@ -81,16 +87,39 @@ def _quiet(sitk: Any) -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def _read_file(sitk: Any, path: Path, label: str) -> Any:
+def _read_file(sitk: Any, path: Path, label: str, budget: int | None) -> Any:
     if not path.is_file():
         raise InputError(f"{label}: not a file")
     try:
+        _check_size(_header(sitk, str(path)), 1, label, budget)
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{label}: not a readable image ({_itk_reason(exc)})") from None
 
 
-def _read_series(sitk: Any, folder: Path, label: str) -> Any:
+def _header(sitk: Any, name: str) -> Any:
+    """A reader that has read ``name``'s header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _check_size(header: Any, files: int, label: str, budget: int | None) -> None:
+    """The size the header claims (times ``files`` slices of a series) against io's limits."""
+    import SimpleITK as sitk
+
+    from .io import check_claimed_size
+
+    shape = list(header.GetSize())
+    shape[-1] *= files                            # a series: one (X, Y, 1) header per slice
+    if header.GetNumberOfComponents() > 1:
+        shape.append(header.GetNumberOfComponents())
+    bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(header.GetPixelIDValue()))
+    check_claimed_size(tuple(shape), int(bits.group(1)) // 8 if bits else 8, label, budget)
+
+
+def _read_series(sitk: Any, folder: Path, label: str, budget: int | None) -> Any:
     reader = sitk.ImageSeriesReader()
     ids = reader.GetGDCMSeriesIDs(str(folder))
     if not ids:
@@ -100,6 +129,10 @@ def _read_series(sitk: Any, folder: Path, label: str) -> Any:
                          f"({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}); "
                          "give a folder with exactly one")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    try:
+        _check_size(_header(sitk, files[0]), len(files), label, budget)
+    except RuntimeError as exc:
+        raise InputError(f"{label}: the DICOM series is unreadable ({_itk_reason(exc)})") from None
     if len(files) > 1:
         files = _stacked_slices(sitk, files, label)
     reader.SetFileNames(files)
@@ -130,10 +163,8 @@ def _stacked_slices(sitk: Any, files: list[str], label: str) -> list[str]:
     the positions are evenly spaced along that normal; InputError naming the defect."""
     orientations, positions = [], []
     for name in files:
-        info = sitk.ImageFileReader()
-        info.SetFileName(name)
         try:
-            info.ReadImageInformation()
+            info = _header(sitk, name)
             orientations.append(_numbers(info.GetMetaData(_TAG_ORIENTATION), 6))
             positions.append(_numbers(info.GetMetaData(_TAG_POSITION), 3))
         except (RuntimeError, ValueError):

@@ -129,7 +129,7 @@ def _read_file(path: Path, role: str, budget: int | None) -> tuple[np.ndarray, n
     if not path.exists():
         raise InputError(f"{label}: no such file")
     if formats.handles(path):  # NRRD, MetaImage, DICOM series folders: through SimpleITK
-        return formats.read(path, label)
+        return formats.read(path, label, budget)
     if not path.is_file():
         raise InputError(f"{label}: not a file")
     try:
