@@ -275,3 +275,26 @@ def smooth_field_model(amplitude: float = 1.5, periods: float = 1.0):
                                   0.6 + 0.4 * np.sin(g[0])])
         return np.ascontiguousarray(np.broadcast_to(u[None], (b, 3, *grid)), dtype=np.float32)
     return model
+
+
+TARGET_SHAPE, SOURCE_SHAPE = (32, 28, 24), (26, 30, 20)
+TARGET_AFFINE = centred_affine(TARGET_SHAPE, (1.5, 1.0, 2.0), (10, -15, 25))
+
+
+def oblique_estimate(folder: Path, flip, model) -> dict[str, Path]:
+    """Phantom target and source on oblique anisotropic grids of other shapes, spacings and
+    rotations (``flip`` (1, -1, 1) makes the source grid left-handed), registered by ``model``
+    and saved: {"target", "source", "result"} paths."""
+    from regrisk import Estimator
+
+    source_affine = centred_affine(SOURCE_SHAPE, (1.2, 1.4, 1.8), (-20, 5, -30), flip)
+    files = {"target": write_nifti(folder / "target.nii.gz",
+                                   phantom(TARGET_SHAPE, TARGET_AFFINE), TARGET_AFFINE),
+             "source": write_nifti(folder / "source.nii.gz",
+                                   phantom(SOURCE_SHAPE, source_affine), source_affine),
+             "result": folder / "result"}
+    with Estimator(model, threads=1) as est:
+        res = est.estimate(str(files["source"]), str(files["target"]), samples=3,
+                           perturbation="translation", seed=0)
+    res.save(files["result"])
+    return files

@@ -15,39 +15,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from builders import centred_affine, phantom, smooth_field_model, write_nifti
+from builders import (TARGET_AFFINE, TARGET_SHAPE, oblique_estimate, phantom,
+                      smooth_field_model)
 from scipy.ndimage import binary_erosion
-
-from regrisk import Estimator
-
-TARGET_SHAPE, SOURCE_SHAPE = (32, 28, 24), (26, 30, 20)
-TARGET_AFFINE = centred_affine(TARGET_SHAPE, (1.5, 1.0, 2.0), (10, -15, 25))
-
-
-def _estimate(folder, flip, model):
-    source_affine = centred_affine(SOURCE_SHAPE, (1.2, 1.4, 1.8), (-20, 5, -30), flip)
-    files = {"target": write_nifti(folder / "target.nii.gz",
-                                   phantom(TARGET_SHAPE, TARGET_AFFINE), TARGET_AFFINE),
-             "source": write_nifti(folder / "source.nii.gz",
-                                   phantom(SOURCE_SHAPE, source_affine), source_affine),
-             "result": folder / "result"}
-    est = Estimator(model, threads=1)
-    res = est.estimate(str(files["source"]), str(files["target"]), samples=3,
-                       perturbation="translation", seed=0)
-    res.save(files["result"])
-    return files
 
 
 @pytest.fixture(scope="module")
 def flipped(tmp_path_factory):
-    return _estimate(tmp_path_factory.mktemp("flipped"), (1, -1, 1), smooth_field_model())
+    return oblique_estimate(tmp_path_factory.mktemp("flipped"), (1, -1, 1), smooth_field_model())
 
 
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory):
     # two periods of a 2-voxel field: a Jacobian that varies by tens of percent
-    return _estimate(tmp_path_factory.mktemp("rotated"), (1, 1, 1),
-                     smooth_field_model(2.0, periods=2))
+    return oblique_estimate(tmp_path_factory.mktemp("rotated"), (1, 1, 1),
+                            smooth_field_model(2.0, periods=2))
 
 
 def _corr(a, b):

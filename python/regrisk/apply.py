@@ -13,8 +13,8 @@ get 0.
   they are kept exactly, in the image's own voxel type.
 
 The output grid is the target's (the field's grid) unless a reference image gives another; the
-field is then sampled trilinearly at the reference's voxels, with zero displacement outside
-the field's grid (as ITK's displacement-field transform does).
+field is then sampled trilinearly at the reference's voxels, with zero displacement beyond half
+a voxel outside the field's grid (as ITK's displacement-field transform does).
 """
 
 from __future__ import annotations
@@ -117,12 +117,19 @@ def _check_affine(affine: np.ndarray, label: str) -> None:
 
 def field_on_grid(field: np.ndarray, field_affine: np.ndarray, shape: tuple[int, ...],
                   affine: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """A world-mm field sampled trilinearly at the voxels of another grid (0 outside)."""
+    """A world-mm field sampled trilinearly at the voxels of another grid. As ITK's
+    displacement-field transform: clamped to the edge voxels up to half a voxel beyond them,
+    zero displacement further out."""
     if shape == field.shape[1:] and np.allclose(affine, field_affine, atol=1e-6):
         return field
     to_field = (np.linalg.inv(field_affine) @ affine)[:3]
-    return kernels.warp(np.ascontiguousarray(field, dtype=np.float32), affine=to_field,
-                        shape=shape, mode="fill", threads=threads)
+    out = kernels.warp(np.ascontiguousarray(field, dtype=np.float32), affine=to_field,
+                       shape=shape, mode="border", threads=threads)
+    q = to_field[:, :3] @ np.indices(shape, dtype=np.float64).reshape(3, -1) + to_field[:, 3:]
+    top = np.asarray(field.shape[1:], dtype=np.float64)[:, None] - 0.5
+    outside = ~np.all((q >= -0.5) & (q <= top), axis=0).reshape(shape)
+    out[:, outside] = 0
+    return out
 
 
 def image_displacement(field: np.ndarray, grid_affine: np.ndarray,
