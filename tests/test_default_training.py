@@ -78,7 +78,7 @@ def test_demons_stage_recovers_a_translation():
 
 
 def _state(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # as train.py resumes
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):

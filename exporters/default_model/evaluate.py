@@ -129,7 +129,7 @@ def ablation(checkpoint: Path, n: int, seed: int = EVAL_SEED) -> dict:
     ``ABLATIONS``."""
     import torch
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = {}
     for tag, (trained, zero_unet, no_demons, no_norm) in ABLATIONS.items():
         torch.manual_seed(0)

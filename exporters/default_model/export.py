@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     from regrisk.card import write_card
 
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     net = network.build(ck["config"])
     net.load_state_dict(ck["model"])
     net.eval()

@@ -51,7 +51,7 @@ def hardware(device: torch.device) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: checkpoints load with weights_only=True
         "python": platform.python_version(),
     }
     try:
@@ -216,7 +216,7 @@ class Run:
                 "hardware": hardware(self.device)}
 
     def resume(self) -> None:
-        ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optim"])
         self.start, self.log, self.val, self.wall = ck["iter"], ck["log"], ck["val"], ck["wall_s"]
