@@ -42,6 +42,14 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="preset (paper, translation, rotation, scale, shear, affine, bspline, "
                    "none) or spec such as 'bspline(count=8,max=4mm)+rotation(max=3)'")
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
+    p.add_argument("--variance-reduction", default="none",
+                   help="none (the paper's estimator), stratified, pooled, pooled(4mm) or a + "
+                   "combination such as stratified+pooled(4mm)")
+    p.add_argument("--precision", type=float, default=None,
+                   help="with --samples auto: stop when the map's estimated Spearman agreement "
+                   "with its own limit reaches this (default 0.9)")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="with --samples auto: never run more perturbations than this (default 200)")
     p.add_argument("--passes", type=int, default=1,
                    help="stochastic passes per perturbation (nested design, stochastic models)")
     p.add_argument("--per-family", action="store_true",
@@ -64,7 +72,9 @@ def estimator_options(args: argparse.Namespace) -> dict:
 def estimate_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of ``Estimator.estimate`` (all of them shape the result)."""
     return {"samples": args.samples, "perturbation": args.perturbation, "seed": args.seed,
-            "sobol": args.sobol, "passes": args.passes, "per_family": args.per_family}
+            "sobol": args.sobol, "passes": args.passes, "per_family": args.per_family,
+            "variance_reduction": args.variance_reduction, "precision": args.precision,
+            "max_samples": args.max_samples}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     t = result.timings
     total = t.get("total", 0.0)
     share = t.get("inference", 0.0) / total if total else 0.0
-    print(f"regrisk estimate: {args.samples} samples ({args.perturbation}) in {total:.2f} s "
+    sampling = result.summary["sampling"]
+    print(f"regrisk estimate: {sampling['samples']} samples ({args.perturbation}; "
+          f"{sampling['stopped']}) in {total:.2f} s "
           f"({100 * share:.0f}% inference); sigma mean {float(result.uncertainty.mean()):.3g} mm, "
           f"max {float(result.uncertainty.max()):.3g} mm -> {args.out}")
     return 0

@@ -18,10 +18,21 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def sample_count(text: str) -> int | str:
+    """argparse type for --samples: an integer, or ``auto`` (adaptive stopping)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def add_sample_options(p: argparse.ArgumentParser, samples: int) -> None:
     """--samples (default ``samples``) and --seed."""
-    p.add_argument("--samples", type=int, default=samples,
-                   help=f"number of perturbations K (>= 2, default {samples})")
+    p.add_argument("--samples", type=sample_count, default=samples,
+                   help=f"number of perturbations K (>= 2, default {samples}), or 'auto': draw "
+                   "until the map's split-half precision reaches --precision")
     p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
 
 
@@ -36,7 +47,7 @@ def add_run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
 
 def check_run_options(args: argparse.Namespace) -> None:
     """InputError for a sample count or thread count no run can use."""
-    if args.samples < 2:
+    if args.samples != "auto" and args.samples < 2:
         raise InputError(f"--samples must be >= 2 (a spread needs two), got {args.samples}")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
