@@ -12,7 +12,7 @@ from typing import Any
 from . import conventions, model_loading
 from .backends import Backend, create_backend
 from .card import ModelCard
-from .errors import ModelError, NonFiniteError
+from .errors import ModelError, NonFiniteError, RegriskError, first_line
 from .model_loading import ResolvedModel
 from .timing import StageClock
 
@@ -87,12 +87,23 @@ class ModelRunner:
                 part_src = xp.concatenate([part_src] + [part_src[-1:]] * (fixed - n), axis=0)
                 part_tgt = xp.ascontiguousarray(xp.broadcast_to(part_tgt[:1], part_src.shape))
             with clock.stage("inference"):
-                raw = backend.run(self.feeds(part_src, part_tgt, xp))  # type: ignore[union-attr]
+                raw = self._run(backend, self.feeds(part_src, part_tgt, xp), what)
             with clock.stage("convert"):
                 u = self._canonical(raw)
                 require_finite(u, f"model {self.label} returned", what, xp)
             outs.append(u[:n] if n < u.shape[0] else u)
         return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=0)
+
+    def _run(self, backend: Backend, feeds: dict[str, Array], what: str) -> Array:
+        """One network call; a runtime's own exception (ONNX Runtime, OpenVINO, TensorRT)
+        becomes a ModelError naming the model and the samples."""
+        try:
+            return backend.run(feeds)
+        except RegriskError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model {self.label} failed on {what}: "
+                             f"{first_line(exc, typed=True, limit=240)}") from exc
 
     def _canonical(self, raw: Array) -> Array:
         card = self.card
