@@ -49,6 +49,7 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, model: Any, settings: EstimateSettings, options: RayOptions) -> None:
+        _import_ray()  # refuse before any work when Ray is not installed
         self.model, self.options = model, options
         # each actor's estimator uses exactly the CPUs Ray reserved for it
         self.settings = settings.with_threads(options.cpus_per_worker)

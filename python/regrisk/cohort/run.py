@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import first_line
+from ..errors import CohortError, first_line
 from . import folder, report, table
 from .fingerprints import model_identity, pair_key
 from .local import LocalEngine
@@ -67,9 +67,12 @@ def plan(pairs: Sequence[Pair], manifest: Manifest, model_sha256: str,
 
 def make_engine(name: str, model: Any, settings: EstimateSettings,
                 ray_options: RayOptions | None) -> LocalEngine | RayEngine:
+    """The engine by name; refuses an unknown one, or Ray where it is not installed."""
     if name == "ray":
         return RayEngine(model, settings, ray_options or RayOptions())
-    return LocalEngine(model, settings)
+    if name == "local":
+        return LocalEngine(model, settings)
+    raise CohortError(f"engine {name!r}: use 'local' or 'ray'")
 
 
 def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.PathLike[str],
@@ -84,6 +87,7 @@ def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.Pat
     settings = settings or EstimateSettings()
     listed = read_pairs(pairs) if isinstance(pairs, (str, os.PathLike)) else list(pairs)
     model_sha = model_identity(model)["sha256"]        # refuses a bad model before anything
+    runner = make_engine(engine, model, settings, ray_options)
     out = folder.prepare(out)
     with folder.locked(out):
         manifest = Manifest(out)
@@ -96,8 +100,7 @@ def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.Pat
             manifest.record(outcome, None)
         bar = CohortProgress(len(listed), len(todo.current), len(todo.refused), progress)
         try:
-            for outcome in make_engine(engine, model, settings, ray_options).run(
-                    todo.run, out / folder.PAIRS):
+            for outcome in runner.run(todo.run, out / folder.PAIRS):
                 manifest.record(outcome, todo.keys.get(outcome.id))
                 summary.ran += 1
                 bar.update(outcome)
