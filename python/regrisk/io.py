@@ -160,7 +160,7 @@ def _check_nifti_size(img: Any, label: str, budget: int | None) -> None:
                          f"{need} bytes, the file holds {have})")
 
 
-_COMPRESSED = (".gz", ".bz2", ".zst")
+_COMPRESSED = (".gz", ".bz2", ".zst", ".mgz")  # .mgz: gzip-compressed MGH
 
 
 def _reason(exc: BaseException) -> str:
