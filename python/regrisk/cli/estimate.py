@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "estimate", help="per-voxel uncertainty map for one source/target pair",
         description="Perturb the source K times, run the network on each pair, compose each "
         "prediction back and write the per-voxel spread (mm) and the prediction as NIfTI.")
-    p.add_argument("--source", required=True, help="moving image (NIfTI)")
-    p.add_argument("--target", required=True, help="fixed image (NIfTI); outputs use its grid")
+    p.add_argument("--source", required=True,
+                   help="moving image (NIfTI, MGZ; NRRD, MetaImage or a DICOM series folder "
+                   "with the itk extra)")
+    p.add_argument("--target", required=True, help="fixed image (same formats); outputs use its grid")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
