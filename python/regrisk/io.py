@@ -1,4 +1,7 @@
-"""NIfTI in and out: load and validate images and masks, write files and folders atomically.
+"""Images in and out: load and validate images and masks, write files and folders atomically.
+
+NIfTI and MGZ are read by nibabel; NRRD, MetaImage and DICOM series folders by SimpleITK
+(:mod:`regrisk.formats`, which converts ITK's LPS+ geometry to the RAS+ affines used here).
 
 Inputs are 3-D scalar images (a 4-D image with a single volume is accepted), finite and not
 constant, with an invertible affine; masks are read the same way but may be constant. Output
