@@ -298,3 +298,59 @@ def oblique_estimate(folder: Path, flip, model) -> dict[str, Path]:
                            perturbation="translation", seed=0)
     res.save(files["result"])
     return files
+
+
+def warp_model(path: Path, grid: tuple[int, int, int], *, padding: str = "border",
+               align_corners: bool = True, mode: str = "linear", seed: int = 0) -> Path:
+    """A small registration graph that warps inside (5-D GridSample, as uniGradICON's cascade
+    and the default model's demons do): u = 2 tanh(conv(S, T)) voxels; the output is the
+    composition u + u(x + u) plus conv(S(x + u)), so one GridSample samples a 3-channel field
+    and one a 1-channel image, with convolutions between. Dynamic batch, canonical output."""
+    rng = np.random.default_rng(seed)
+    n = np.asarray(grid, np.float32).reshape(1, 3, 1, 1, 1)
+    # voxel position p -> normalised coordinate, per the ONNX GridSample definition
+    scale = 2.0 / (n - 1.0) if align_corners else 2.0 / n
+    offset = -np.ones_like(n) if align_corners else 1.0 / n - 1.0
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (3, 2, 3, 3, 3)).astype(np.float32), "w_flow"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (3, 1, 3, 3, 3)).astype(np.float32), "w_img"),
+        numpy_helper.from_array(np.float32(2.0), "amp"),
+        numpy_helper.from_array(coords(grid)[None], "grid"),
+        numpy_helper.from_array(scale.astype(np.float32), "scale"),
+        numpy_helper.from_array(offset.astype(np.float32), "offset"),
+        numpy_helper.from_array(np.array([2, 1, 0], np.int64), "rev"),
+    ]
+    sample = {"mode": mode, "padding_mode": padding, "align_corners": int(align_corners)}
+    nodes = [
+        helper.make_node("Concat", ["source", "target"], ["pair"], axis=1),
+        helper.make_node("Conv", ["pair", "w_flow"], ["conv"], pads=[1] * 6),
+        helper.make_node("Tanh", ["conv"], ["th"]),
+        helper.make_node("Mul", ["th", "amp"], ["u"]),
+        helper.make_node("Add", ["u", "grid"], ["pos"]),
+        helper.make_node("Mul", ["pos", "scale"], ["pos_s"]),
+        helper.make_node("Add", ["pos_s", "offset"], ["norm_ijk"]),
+        helper.make_node("Gather", ["norm_ijk", "rev"], ["norm_xyz"], axis=1),
+        helper.make_node("Transpose", ["norm_xyz"], ["g"], perm=[0, 2, 3, 4, 1]),
+        helper.make_node("GridSample", ["u", "g"], ["u_at"], **sample),
+        helper.make_node("GridSample", ["source", "g"], ["warped"], **sample),
+        helper.make_node("Conv", ["warped", "w_img"], ["img_term"], pads=[1] * 6),
+        helper.make_node("Add", ["u", "u_at"], ["composed"]),
+        helper.make_node("Add", ["composed", "img_term"], ["flow"]),
+    ]
+    D, H, W = grid
+    graph = helper.make_graph(
+        nodes, "warp_registration",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["B", 1, D, H, W])
+         for k in ("source", "target")],
+        [helper.make_tensor_value_info("flow", TensorProto.FLOAT, ["B", 3, D, H, W])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    attach_card_json(model, {
+        "name": "warp", "grid": list(grid),
+        "inputs": {"layout": "pair", "source": "source", "target": "target"},
+        "output": {"name": "flow", "kind": "displacement", "units": "voxel",
+                   "align_corners": True, "channel_order": "ijk", "channel_axis": "first"},
+        "batch": "dynamic", "batch_size": 1, "preprocess": {"method": "none"}})
+    onnx.save(model, str(path))
+    return path

@@ -113,7 +113,13 @@ class ModelRunner:
             raise ModelError(f"model {self.label}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
-        return self.backend.describe() if self.backend is not None else {}
+        """The backend's facts, and the default backends skipped for this graph with why."""
+        if self.backend is None:
+            return {}
+        info = self.backend.describe()
+        if self.backend.skipped:
+            info["skipped"] = dict(self.backend.skipped)
+        return info
 
     def close(self) -> None:
         if self.backend is not None and self.backend is not self._given:

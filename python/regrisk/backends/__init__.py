@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..card import ModelCard
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 Array = Any  # numpy.ndarray or cupy.ndarray; float32, C-contiguous
 
@@ -67,6 +67,8 @@ class Backend(abc.ABC):
     input_names: tuple[str, ...] = ()
     output_name: str = ""
     fixed_batch: int | None = None
+    # default backends skipped before this one was chosen: name -> why (create_backend sets it)
+    skipped: Mapping[str, str] = {}
 
     @property
     def xp(self) -> Any:
@@ -95,6 +97,7 @@ class Backend(abc.ABC):
 # name -> "module:Class" (relative to this package) or a factory callable.
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "onnxruntime": ".onnxruntime:OnnxRuntimeBackend",
+    "openvino": ".openvino:OpenVinoBackend",
     "callable": ".callable:CallableBackend",
     # CUDA backends (written by the GPU side); imported only when asked for.
     "onnxruntime-cuda": ".onnxruntime_cuda:OnnxRuntimeCudaBackend",
@@ -102,9 +105,11 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
     "torch": ".torch_backend:TorchBackend",
 }
 
-# What a device uses when no backend name is given: the first that `unavailable` clears.
+# What a device uses when no backend name is given: the first that `unavailable` clears and
+# that loads the graph, in the order `choice.order` puts them for the graph (OpenVINO first for
+# convolution networks; ONNX Runtime first for graphs that warp inside, 5-D GridSample).
 _DEFAULTS: dict[str, tuple[str, ...]] = {
-    "cpu": ("onnxruntime",),
+    "cpu": ("openvino", "onnxruntime"),
     "cuda": ("onnxruntime-cuda", "tensorrt", "torch"),
 }
 
@@ -128,8 +133,8 @@ def unavailable(name: str, device: str = "cpu") -> str | None:
     nothing is loaded or probed until it is asked, and asking twice is cheap."""
     if name not in _REGISTRY:
         return f"unknown backend {name!r}; known: {', '.join(available_backends())}"
-    if name == "onnxruntime":
-        return _missing_module("onnxruntime")
+    if name in ("onnxruntime", "openvino"):
+        return _missing_module(name)
     if name == "torch" and device == "cpu":
         return _missing_module("torch")
     if name in ("onnxruntime-cuda", "tensorrt", "torch"):
@@ -184,10 +189,31 @@ def create_backend(
         return backend
     if device not in _DEFAULTS:
         raise ModelError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    failures = []
-    for candidate in _DEFAULTS[device]:
+    return _first_that_loads(model, card, device, threads, options)
+
+
+def _first_that_loads(model: ModelSource, card: ModelCard, device: str, threads: int | None,
+                      options: dict[str, Any]) -> Backend:
+    """The device's first default backend that is installed and loads the graph. One that
+    cannot take the graph (OpenVINO without an op) is skipped, its reason kept in the chosen
+    backend's ``skipped``; the last candidate's own error is raised as it is."""
+    from .choice import order
+
+    failures, skipped = [], {}
+    candidates = order(model, device, _DEFAULTS[device])
+    for i, candidate in enumerate(candidates):
         why = unavailable(candidate, device)
-        if why is None:
-            return _resolve(candidate)(model, card, threads=threads, options=options)
-        failures.append(f"{candidate}: {why}")
+        if why is not None:
+            failures.append(f"{candidate}: {why}")
+            continue
+        try:
+            backend = _resolve(candidate)(model, card, threads=threads, options=options)
+        except ModelError as exc:
+            if i == len(candidates) - 1:
+                raise
+            skipped[candidate] = first_line(exc)
+            failures.append(f"{candidate}: {skipped[candidate]}")
+            continue
+        backend.skipped = skipped
+        return backend
     raise ModelError(f"no backend available for device {device!r} ({'; '.join(failures)})")

@@ -1,0 +1,185 @@
+"""OpenVINO: the ONNX file read directly, compiled once per batch size for the card's grid.
+
+On x86 CPUs OpenVINO's convolutions are the fastest we measured (its own kernels, bf16 and AMX
+where the CPU has them); Intel GPUs and NPUs are reached through the same API. A graph with 5-D
+GridSample (which OpenVINO's ONNX frontend lacks) runs staged (``backends.staged``: network
+pieces here, sampling by regrisk's warp kernel) or, with ``gridsample="rewrite"``, as one graph
+whose GridSamples are rewritten as gathers (``backends.gridsample``).
+
+options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds one; arrays still
+cross as NumPy), ``precision`` ("f32" default; "bf16" or "f16" opt in: OpenVINO's inference
+precision hint), ``gridsample`` ("staged" default, or "rewrite"), ``cache_dir`` (OpenVINO's
+compiled-model cache; none by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..card import ModelCard
+from ..errors import ModelError, first_line
+from . import Array, Backend, ModelSource
+from .feeds import check_feeds
+from .gridsample import five_d_gridsamples, rewrite_gridsample
+from .onnxruntime import cpu_cores
+from .staged import StagedGraph, split
+
+PRECISIONS = ("f32", "bf16", "f16")
+GRIDSAMPLE = ("staged", "rewrite")
+
+
+def _onnx_model(model: ModelSource) -> Any:
+    import onnx
+
+    src = model.onnx_bytes_or_path()
+    try:
+        return onnx.load_from_string(src) if isinstance(src, bytes) else onnx.load(src)
+    except Exception as exc:  # protobuf errors
+        raise ModelError(f"{model.label or 'model'}: not an ONNX model ({type(exc).__name__})") from None
+
+
+class _Compiled:
+    """One compiled model and its reused infer request."""
+
+    def __init__(self, compiled: Any, outputs: list[str]) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.outputs = outputs  # by the graph's names: OpenVINO may merge a tensor's aliases
+
+    def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        # np.require, not ascontiguousarray: that makes a 0-d array (a scalar feed) 1-d
+        self.request.infer({k: np.require(v, requirements="C") for k, v in feeds.items()},
+                           share_inputs=True)
+        # copies: the request reuses its output buffers at the next call
+        return {n: np.array(self.request.get_tensor(n).data) for n in self.outputs}
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    device = "cpu"
+
+    def __init__(self, model: ModelSource, card: ModelCard, *, threads: int | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        import openvino as ov
+
+        options = dict(options or {})
+        self.label = model.label or "model"
+        self.threads = int(threads) if threads else cpu_cores()
+        self.target = str(options.get("openvino_device", "CPU")).upper()
+        self.precision = str(options.get("precision", "f32")).lower()
+        self.gridsample_mode = str(options.get("gridsample", "staged")).lower()
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"openvino: precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.gridsample_mode not in GRIDSAMPLE:
+            raise ModelError(f"openvino: gridsample {self.gridsample_mode!r}; use staged or rewrite")
+        self.core = ov.Core()
+        if options.get("cache_dir"):
+            self.core.set_property({"CACHE_DIR": str(options["cache_dir"])})
+        if self.target not in self.core.available_devices:
+            raise ModelError(f"openvino: device {self.target!r} not found; OpenVINO sees "
+                             f"{', '.join(self.core.available_devices) or 'none'}")
+        self.grid = tuple(int(g) for g in card.grid)
+        self.input_names = card.inputs.names()
+        self.channels = {n: card.inputs.channels for n in self.input_names}
+        self.output_name = card.output.name
+        self.fixed_batch = card.batch_size if card.batch == "fixed" else None
+        self._models: dict[int, Any] = {}
+        graph = _onnx_model(model)
+        cuts = five_d_gridsamples(graph)
+        self.staged: StagedGraph | None = None
+        self.gridsample = None if not cuts else self.gridsample_mode
+        if cuts and self.gridsample_mode == "rewrite":
+            rewrite_gridsample(graph)
+        if cuts and self.gridsample_mode == "staged":
+            from ..kernels import Bound
+
+            self.staged = StagedGraph(split(graph, cuts), self._compile_stage,
+                                      Bound(self.threads).warp)
+        else:
+            self.network = self._read(graph.SerializeToString())
+        self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
+
+    # -- compilation ----------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": self.precision}
+
+    def _read(self, data: bytes) -> Any:
+        try:
+            return self.core.read_model(data)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long report
+            raise ModelError(f"{self.label}: OpenVINO cannot read the graph "
+                             f"({_reason(exc)})") from None
+
+    def _compile(self, network: Any, shapes: Mapping[str, tuple[int, ...]]) -> _Compiled:
+        try:
+            network.reshape({n: list(s) for n, s in shapes.items()})
+            return _Compiled(self.core.compile_model(network, self.target, self._config()),
+                             [self.output_name])
+        except Exception as exc:
+            raise ModelError(f"{self.label}: OpenVINO cannot compile the graph for "
+                             f"{dict(shapes)} ({_reason(exc)})") from None
+
+    def _compile_stage(self, graph: Any) -> _Compiled:
+        """A stage of a staged graph; its inputs already declare their shapes."""
+        try:
+            network = self._read(graph.SerializeToString())
+            return _Compiled(self.core.compile_model(network, self.target, self._config()),
+                             [o.name for o in graph.graph.output])
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{self.label}: OpenVINO cannot compile a stage of the graph "
+                             f"({_reason(exc)})") from None
+
+    def _model(self, batch: int) -> Any:
+        """The compiled model (or staged graph) for ``batch``, compiled at its first use."""
+        if batch not in self._models:
+            if self.staged is not None:
+                zeros = {n: np.zeros((batch, self.channels[n], *self.grid), np.float32)
+                         for n in self.input_names}
+                self.staged.run(zeros, [self.output_name])  # compiles every stage for batch
+                self._models[batch] = self.staged
+            else:
+                shapes = {n: (batch, self.channels[n], *self.grid) for n in self.input_names}
+                self._models[batch] = self._compile(self.network, shapes)
+        return self._models[batch]
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, Array]) -> Array:
+        check_feeds(self.name, self.input_names, feeds)
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names}
+        model = self._model(int(feeds[self.input_names[0]].shape[0]))
+        if model is self.staged:
+            out = self.staged.run(feeds, [self.output_name])[self.output_name]
+        else:
+            out = model(feeds)[self.output_name]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        import openvino as ov
+
+        info: dict[str, Any] = {
+            "backend": self.name, "device": self.device, "openvino_device": self.target,
+            "precision": self.precision, "threads": self.threads,
+            "openvino": ov.get_version().split("-")[0], "fixed_batch": self.fixed_batch,
+            "compiled_batches": sorted(self._models)}
+        if self.gridsample is not None:
+            info["gridsample"] = self.gridsample
+            if self.staged is not None:
+                info.update(self.staged.counts)
+        return info
+
+    def close(self) -> None:
+        self._models.clear()
+        self.staged = None
+
+
+def _reason(exc: BaseException) -> str:
+    """OpenVINO's reports run to many lines; the line naming the failure is enough."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if ln.startswith("--") or "failed" in ln.lower()]
+    return first_line(RuntimeError((useful or lines or [type(exc).__name__])[-1]), limit=200)

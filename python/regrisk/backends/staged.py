@@ -1,0 +1,180 @@
+"""A graph run in stages: its network parts in a backend, its 5-D GridSamples by regrisk's warp.
+
+Runtimes without a 3-D GridSample (OpenVINO's ONNX frontend takes only 4-D ones) still run
+registration networks whose graph warps images or composes maps inside (uniGradICON's cascade,
+VoxelMorph's integration): the graph is cut at every 5-D GridSample; the pieces between cuts are
+standalone ONNX graphs that the backend compiles, and each GridSample becomes a call to
+:func:`regrisk.kernels.warp` (trilinear, border clamping or zero fill, the same align-corners
+conventions). Tensors that cross a cut are handed on as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from .gridsample import gridsample_attributes
+
+Array = Any
+# compile(stage graph with its feeds' shapes declared) -> run(feeds) -> {output name: array}
+StageCompiler = Callable[[Any], Callable[[Mapping[str, Array]], dict[str, Array]]]
+
+
+@dataclass
+class Stage:
+    """A piece of the graph the backend runs: a standalone ONNX model."""
+
+    graph: Any
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def with_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+        """A copy of the graph whose inputs declare ``shapes`` (frontends that convert op by
+        op, as OpenVINO's, need every rank known)."""
+        from onnx import ModelProto
+
+        model = ModelProto()
+        model.CopyFrom(self.graph)
+        for value in model.graph.input:
+            dims = value.type.tensor_type.shape.dim
+            del dims[:]
+            for n in shapes[value.name]:
+                dims.add().dim_value = int(n)
+        return model
+
+
+@dataclass
+class Sample:
+    """One 5-D GridSample, run by the warp kernel."""
+
+    volume: str
+    grid: str
+    output: str
+    border: bool
+    align_corners: bool
+
+
+def split(model: Any, cuts: Sequence[int]) -> list[Stage | Sample]:
+    """``model`` cut at the GridSample nodes at indices ``cuts`` (of ``model.graph.node``, which
+    ONNX keeps in topological order) into stages and samples, in run order."""
+    nodes = list(model.graph.node)
+    consumers = _last_uses(model)
+    parts: list[Stage | Sample] = []
+    start = 0
+    for cut in list(cuts) + [len(nodes)]:
+        piece = [n for n in nodes[start:cut] if n.op_type != "Constant"]
+        if piece:
+            parts.append(_stage(model, piece, consumers, cut))
+        if cut < len(nodes):
+            gs = nodes[cut]
+            mode, padding, align = gridsample_attributes(gs)
+            if mode not in ("linear", "bilinear") or padding not in ("border", "zeros"):
+                raise ModelError(f"GridSample {gs.name!r}: mode {mode!r}, padding {padding!r} "
+                                 "cannot run staged (linear with border or zeros only)")
+            parts.append(Sample(gs.input[0], gs.input[1], gs.output[0], padding == "border", align))
+        start = cut + 1
+    return parts
+
+
+def _last_uses(model: Any) -> dict[str, int]:
+    """Tensor name -> index of the last node that reads it (graph outputs: past the end)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(model.graph.node):
+        for name in node.input:
+            last[name] = i
+    for out in model.graph.output:
+        last[out.name] = len(model.graph.node) + 1
+    return last
+
+
+def _stage(model: Any, piece: list[Any], last_use: dict[str, int], end: int) -> Stage:
+    """A standalone model of ``piece`` (nodes before index ``end``): its inputs are what it reads
+    but does not make (initializers and Constant nodes are copied in), its outputs what it
+    makes and a later node or the graph output reads."""
+    from onnx import TensorProto, helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    made = {o for n in piece for o in n.output}
+    read = [i for n in piece for i in n.input if i]
+    outside = list(dict.fromkeys(i for i in read if i not in made))
+    feeds = [i for i in outside if i not in inits and i not in constants]
+    outputs = [o for o in dict.fromkeys(o for n in piece for o in n.output) if last_use.get(o, -1) >= end]
+    types = _elem_types(model)
+    graph = helper.make_graph(
+        [constants[i] for i in outside if i in constants] + piece, f"stage_{end}",
+        [helper.make_tensor_value_info(i, types.get(i, TensorProto.FLOAT), None) for i in feeds],
+        [helper.make_tensor_value_info(o, types.get(o, TensorProto.FLOAT), None) for o in outputs],
+        [inits[i] for i in outside if i in inits])
+    stage_model = helper.make_model(graph, opset_imports=list(model.opset_import))
+    stage_model.ir_version = model.ir_version
+    return Stage(stage_model, tuple(feeds), tuple(outputs))
+
+
+def _elem_types(model: Any) -> dict[str, int]:
+    """Element type of every tensor (ONNX shape inference; graph inputs and outputs)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # types are a hint; float32 is assumed for what inference cannot type
+        inferred = model
+    g = inferred.graph
+    return {v.name: v.type.tensor_type.elem_type
+            for v in list(g.value_info) + list(g.input) + list(g.output)
+            if v.type.tensor_type.elem_type}
+
+
+def gridsample_as_warp(volume: Array, grid: Array, border: bool, align_corners: bool,
+                       warp: Callable[..., Array]) -> Array:
+    """GridSample(volume (B, C, D, H, W), grid (B, d, h, w, 3) normalised x, y, z) through
+    ``warp(volume, displacement, mode=...)``: the grid becomes voxel positions of ``volume``
+    along (i, j, k), minus the output grid's own coordinates."""
+    size = np.asarray(volume.shape[2:], dtype=np.float32)
+    g = np.moveaxis(np.asarray(grid, dtype=np.float32)[..., ::-1], -1, 1)  # (B, 3, d, h, w) ijk
+    n = size[None, :, None, None, None]
+    pos = (g + 1.0) * 0.5 * (n - 1.0) if align_corners else ((g + 1.0) * n - 1.0) * 0.5
+    out_grid = g.shape[2:]
+    for axis in range(3):  # minus the identity, one broadcast axis at a time
+        shape = [1, 1, 1]
+        shape[axis] = out_grid[axis]
+        pos[:, axis] -= np.arange(out_grid[axis], dtype=np.float32).reshape(shape)
+    return warp(np.ascontiguousarray(volume, dtype=np.float32), np.ascontiguousarray(pos),
+                mode="border" if border else "fill")
+
+
+class StagedGraph:
+    """Runs ``parts`` in order: stages through ``compile_stage`` (compiled once per shape of
+    their feeds, given the graph with those shapes declared), samples through ``warp``."""
+
+    def __init__(self, parts: list[Stage | Sample], compile_stage: StageCompiler,
+                 warp: Callable[..., Array]) -> None:
+        self.parts = parts
+        self.compile_stage = compile_stage
+        self.warp = warp
+        self._compiled: dict[tuple[int, tuple], Callable[..., dict[str, Array]]] = {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"stages": sum(isinstance(p, Stage) for p in self.parts),
+                "samples": sum(isinstance(p, Sample) for p in self.parts)}
+
+    def run(self, feeds: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
+        values: dict[str, Array] = dict(feeds)
+        for i, part in enumerate(self.parts):
+            if isinstance(part, Sample):
+                values[part.output] = gridsample_as_warp(values[part.volume], values[part.grid],
+                                                         part.border, part.align_corners, self.warp)
+                continue
+            stage_feeds = {n: values[n] for n in part.inputs}
+            key = (i, tuple((n, a.shape) for n, a in stage_feeds.items()))
+            runner = self._compiled.get(key)
+            if runner is None:
+                shapes = {n: tuple(a.shape) for n, a in stage_feeds.items()}
+                runner = self._compiled[key] = self.compile_stage(part.with_shapes(shapes))
+            values.update(runner(stage_feeds))
+        return {n: values[n] for n in outputs}

@@ -1,0 +1,141 @@
+"""CPU backends against ONNX Runtime on small real graphs: OpenVINO whole, staged (5-D
+GridSample cut out and run by the warp kernel) and rewritten (GridSample as gathers); the
+automatic choice between them, its fallback, and the one-line errors of a forced backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders import com_model, warp_model
+
+from regrisk import Estimator, model_loading
+from regrisk.backends import create_backend, unavailable
+from regrisk.backends.gridsample import rewrite_gridsample
+from regrisk.errors import ModelError
+
+GRID = (12, 10, 14)
+needs_openvino = pytest.mark.skipif(unavailable("openvino") is not None,
+                                    reason=f"openvino: {unavailable('openvino')}")
+
+
+def _pair(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    return {n: rng.random((batch, 1, *GRID), dtype=np.float32) for n in ("source", "target")}
+
+
+def _run(path, name: str, feeds: dict, **options) -> tuple[np.ndarray, dict]:
+    resolved = model_loading.resolve(str(path))
+    with create_backend(resolved.source, resolved.card, name=name, threads=1,
+                        options=options) as backend:
+        return backend.run(feeds), backend.describe()
+
+
+@needs_openvino
+@pytest.mark.parametrize("layout, batch", [("pair", "B"), ("concat", 2)])
+def test_openvino_matches_onnxruntime(tmp_path, rng, layout, batch) -> None:
+    path = com_model(tmp_path / "com.onnx", GRID, layout=layout, batch=batch, units="unit",
+                     channel_order="xyz")
+    sizes = (1, 3, 2) if batch == "B" else (2,)
+    for b in sizes:
+        feeds = _pair(rng, b)
+        if layout == "concat":
+            feeds = {"pair": np.concatenate([feeds["source"], feeds["target"]], axis=1)}
+        want, _ = _run(path, "onnxruntime", feeds)
+        got, info = _run(path, "openvino", feeds)
+        assert got.shape == want.shape == (b, 3, *GRID)
+        # centroids (~7 voxels) of noise differ by ~1e-3: float32 sums in another order
+        # agree to a few ulps of the centroid, not of their small difference
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert (info["backend"], info["openvino_device"], info["precision"], info["threads"]) == \
+        ("openvino", "CPU", "f32", 1)
+    assert info["fixed_batch"] == (2 if batch == 2 else None)
+
+
+@needs_openvino
+def test_openvino_compiles_once_per_batch(tmp_path, rng) -> None:
+    path = com_model(tmp_path / "com.onnx", GRID)
+    resolved = model_loading.resolve(str(path))
+    with create_backend(resolved.source, resolved.card, name="openvino", threads=2) as backend:
+        first = backend._model(1)
+        for b in (1, 4, 1, 4):
+            backend.run(_pair(rng, b))
+        assert backend._model(1) is first
+        assert backend.describe()["compiled_batches"] == [1, 4]
+
+
+@needs_openvino
+@pytest.mark.parametrize("padding, align", [("border", True), ("zeros", True),
+                                            ("border", False), ("zeros", False)])
+def test_gridsample_graph_staged_and_rewritten(tmp_path, rng, padding, align) -> None:
+    path = warp_model(tmp_path / "warp.onnx", GRID, padding=padding, align_corners=align)
+    for b in (1, 2):
+        feeds = _pair(rng, b)
+        want, _ = _run(path, "onnxruntime", feeds)
+        assert np.abs(want).max() > 1.0  # the fields move by voxels: sampling is exercised
+        staged, info = _run(path, "openvino", feeds)
+        np.testing.assert_allclose(staged, want, rtol=0, atol=2e-5)
+        assert (info["gridsample"], info["stages"], info["samples"]) == ("staged", 2, 2)
+        rewritten, info = _run(path, "openvino", feeds, gridsample="rewrite")
+        np.testing.assert_allclose(rewritten, want, rtol=0, atol=2e-5)
+        assert info["gridsample"] == "rewrite"
+
+
+def test_gridsample_rewrite_in_onnxruntime(tmp_path, rng) -> None:
+    """The rewrite alone, in ONNX Runtime: no GridSample left, same outputs as the native op."""
+    path = warp_model(tmp_path / "warp.onnx", GRID, padding="zeros", align_corners=False)
+    model = onnx.load(str(path))
+    assert rewrite_gridsample(model) == 2
+    assert "GridSample" not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model)
+    rewritten = tmp_path / "rewritten.onnx"
+    onnx.save(model, str(rewritten))
+    feeds = _pair(rng, 2)
+    want, _ = _run(path, "onnxruntime", feeds)
+    got, _ = _run(rewritten, "onnxruntime", feeds)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+@needs_openvino
+def test_automatic_choice(tmp_path) -> None:
+    """Convolution graphs get OpenVINO; a graph that warps inside gets ONNX Runtime first."""
+    conv = com_model(tmp_path / "com.onnx", GRID)
+    warp = warp_model(tmp_path / "warp.onnx", GRID)
+    for path, want in ((conv, "openvino"), (warp, "onnxruntime")):
+        with Estimator(str(path), threads=1) as est:
+            assert est.runner.describe()["backend"] == want
+
+
+@needs_openvino
+def test_fallback_when_openvino_cannot_take_it(tmp_path) -> None:
+    """OpenVINO failing to load (here: a device it does not have) is no failure of the run:
+    ONNX Runtime runs it and the summary records why OpenVINO was skipped."""
+    path = com_model(tmp_path / "com.onnx", GRID)
+    src = np.zeros(GRID, np.float32)
+    src[4:8, 3:7, 5:9] = 1.0
+    with Estimator(str(path), threads=1, backend_options={"openvino_device": "NO_SUCH"}) as est:
+        res = est.estimate((src, np.eye(4)), (np.roll(src, 1, 0), np.eye(4)), samples=2,
+                           perturbation="translation")
+    backend = res.summary["backend"]
+    assert backend["backend"] == "onnxruntime"
+    assert "NO_SUCH" in backend["skipped"]["openvino"]
+
+
+@needs_openvino
+def test_forced_openvino_refuses_in_one_line(tmp_path) -> None:
+    path = warp_model(tmp_path / "nearest.onnx", GRID, mode="nearest")
+    with pytest.raises(ModelError, match="nearest") as err:
+        Estimator(str(path), backend="openvino", threads=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="precision"):
+        Estimator(str(com_model(tmp_path / "c.onnx", GRID)), backend="openvino",
+                  backend_options={"precision": "int3"})
+
+
+def test_unknown_or_absent_backend_refuses(tmp_path) -> None:
+    path = com_model(tmp_path / "com.onnx", GRID)
+    with pytest.raises(ModelError, match="unknown backend 'nosuch'"):
+        Estimator(str(path), backend="nosuch")
+    if unavailable("tensorrt", "cuda") is not None:  # the CPU machines: no GPU or no tensorrt
+        with pytest.raises(ModelError, match="backend 'tensorrt' cannot run here") as err:
+            Estimator(str(path), backend="tensorrt", device="cuda")
+        assert "\n" not in str(err.value)
