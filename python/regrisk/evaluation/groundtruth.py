@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import jacobian
 from ..arrays import identity_grid
 from ..errors import EvaluationError, InputError
 
@@ -137,16 +138,8 @@ def invert_field(d: np.ndarray, iterations: int = 200, tol: float = 1e-4) -> tup
 
 
 def _min_jacobian(d: np.ndarray) -> float:
-    """Smallest det(I + grad d) over the grid (central differences), without a 3x3 per voxel."""
-    g = [[None] * 3 for _ in range(3)]
-    for r in range(3):
-        parts = np.gradient(np.asarray(d[r], dtype=np.float32))
-        for c in range(3):
-            g[r][c] = parts[c] + (np.float32(1.0) if r == c else np.float32(0.0))
-    det = (g[0][0] * (g[1][1] * g[2][2] - g[1][2] * g[2][1])
-           - g[0][1] * (g[1][0] * g[2][2] - g[1][2] * g[2][0])
-           + g[0][2] * (g[1][0] * g[2][1] - g[1][1] * g[2][0]))
-    return float(det.min())
+    """Smallest det(I + grad d) over the grid (central differences; d in voxels)."""
+    return float(jacobian.determinant(d, np.eye(4)).min())
 
 
 def nonlinear(shape: tuple[int, int, int], rng: np.random.Generator,
