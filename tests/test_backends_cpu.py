@@ -139,3 +139,54 @@ def test_unknown_or_absent_backend_refuses(tmp_path) -> None:
         with pytest.raises(ModelError, match="backend 'tensorrt' cannot run here") as err:
             Estimator(str(path), backend="tensorrt", device="cuda")
         assert "\n" not in str(err.value)
+
+
+def _cli_files(tmp_path) -> list[str]:
+    from builders import blob, write_nifti
+
+    src = write_nifti(tmp_path / "s.nii.gz", blob(GRID, (5.0, 5.5, 7.0)) * 100, np.eye(4))
+    tgt = write_nifti(tmp_path / "t.nii.gz", blob(GRID, (6.0, 4.5, 6.5)) * 100, np.eye(4))
+    model = com_model(tmp_path / "com.onnx", GRID)
+    return ["estimate", "--source", str(src), "--target", str(tgt), "--model", str(model),
+            "--samples", "2", "--perturbation", "translation", "--quiet", "--threads", "1"]
+
+
+@needs_openvino
+@pytest.mark.parametrize("forced", [None, "onnxruntime", "openvino"])
+def test_cli_backend_in_summary(tmp_path, forced) -> None:
+    import json
+
+    from regrisk.cli import main
+
+    out = tmp_path / "out"
+    extra = ["--backend", forced] if forced else []
+    assert main(_cli_files(tmp_path) + ["--out", str(out)] + extra) == 0
+    backend = json.loads((out / "summary.json").read_text())["backend"]
+    assert backend["backend"] == (forced or "openvino")
+    assert backend["chosen"] == ("requested" if forced else "automatic")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "nosuch"], "invalid choice: 'nosuch'"),
+    (["--backend", "onnxruntime", "--inference-precision", "bf16"], "OpenVINO precision"),
+])
+def test_cli_backend_refusals(tmp_path, capsys, extra, message) -> None:
+    from regrisk.cli import main
+
+    out = tmp_path / "out"
+    assert main(_cli_files(tmp_path) + ["--out", str(out)] + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_info_reports_the_cpu_choice(capsys) -> None:
+    import json
+
+    from regrisk.cli import main
+
+    assert main(["info", "--json"]) == 0
+    choice = json.loads(capsys.readouterr().out)["cpu_backend_choice"]
+    installed = [n for n, ok in choice["installed"].items() if ok == "yes"]
+    assert choice["convolution graphs"][0] == installed[0]
+    assert choice["default model"] == "onnxruntime"  # its demons warp inside: 5-D GridSample

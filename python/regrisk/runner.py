@@ -117,6 +117,7 @@ class ModelRunner:
         if self.backend is None:
             return {}
         info = self.backend.describe()
+        info["chosen"] = "given" if self._given else "requested" if self._name else "automatic"
         if self.backend.skipped:
             info["skipped"] = dict(self.backend.skipped)
         return info

@@ -32,3 +32,21 @@ def order(model: Any, device: str, candidates: tuple[str, ...]) -> tuple[str, ..
         return candidates
     rest = tuple(c for c in candidates if c != "openvino")
     return rest + ("openvino",)
+
+
+def cpu_report(default_model: Any = None) -> dict[str, Any]:
+    """For ``regrisk info``: the installed CPU backends in the order each kind of graph tries
+    them, and the one the packaged default model (a ModelSource, if installed) runs on."""
+    from . import _DEFAULTS, unavailable
+
+    usable = tuple(n for n in _DEFAULTS["cpu"] if unavailable(n, "cpu") is None)
+    report: dict[str, Any] = {
+        "installed": {n: unavailable(n, "cpu") or "yes" for n in _DEFAULTS["cpu"]},
+        "convolution graphs": list(usable),
+        "graphs with 5-D GridSample": [n for n in usable if n != "openvino"]
+                                      + (["openvino (staged)"] if "openvino" in usable else []),
+    }
+    if default_model is not None:
+        chosen = order(default_model, "cpu", usable)
+        report["default model"] = chosen[0] if chosen else None
+    return report

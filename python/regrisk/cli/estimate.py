@@ -6,8 +6,8 @@ import argparse
 import re
 
 from ..errors import BudgetError
-from .options import (add_run_options, add_sample_options, check_run_options, show_progress,
-                      tune_allocator)
+from .options import (add_backend_options, add_run_options, add_sample_options, backend_choice,
+                      check_run_options, show_progress, tune_allocator)
 
 
 def _bytes(text: str) -> int:
@@ -58,17 +58,17 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="also write uncertainty_<family>.nii.gz for each family of a mixture")
     p.add_argument("--batch", type=int, default=None, help="samples per network call")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--backend", default=None,
-                   help="force a backend (onnxruntime, onnxruntime-cuda, tensorrt, torch); "
-                   "default: the device's first available")
+    add_backend_options(p)
     p.add_argument("--memory-budget", type=_bytes, default=None,
                    help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
 
 
 def estimator_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of :class:`regrisk.Estimator` from the parsed options."""
+    backend, backend_options = backend_choice(args)
     return {"device": args.device, "threads": args.threads, "batch": args.batch,
-            "memory_budget": args.memory_budget, "backend": args.backend}
+            "memory_budget": args.memory_budget, "backend": backend,
+            "backend_options": backend_options}
 
 
 def estimate_options(args: argparse.Namespace) -> dict:

@@ -49,7 +49,16 @@ def gather() -> dict:
         except ModelError:  # not installed with this regrisk
             models[name] = None
     info["packaged_models"] = models
+    info["cpu_backend_choice"] = _cpu_choice(models.get("default"))
     return info
+
+
+def _cpu_choice(default_path: str | None) -> dict:
+    """Which CPU backend each kind of graph runs on without --backend (backends.choice)."""
+    from ..backends import ModelSource
+    from ..backends.choice import cpu_report
+
+    return cpu_report(ModelSource(path=default_path) if default_path else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
     print("build:      " + ", ".join(f"{k}={val}" for k, val in info["build"].items()))
     print("providers:  " + ", ".join(info["onnxruntime_providers"]))
     print("backends:   " + ", ".join(info["backends"]))
+    choice = info["cpu_backend_choice"]
+    print("cpu choice: " + "; ".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}"
+                                     for k, v in choice.items() if k != "installed"))
     for name, path in info["packaged_models"].items():
         print(f"model {name}: {path or 'not installed'}")
     if "device" in info:

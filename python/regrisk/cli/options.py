@@ -53,6 +53,33 @@ def check_run_options(args: argparse.Namespace) -> None:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
 
 
+# What --backend may force (registered plug-ins and callables are for the Python API).
+BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt", "onnxruntime-cuda")
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend (force one; default the fastest installed for the graph) and
+    --inference-precision."""
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="force a backend (one-line error when it cannot run here); default: "
+                   "the fastest installed for the device and graph (see `regrisk info`)")
+    p.add_argument("--inference-precision", default="f32", choices=PRECISIONS,
+                   help="OpenVINO inference precision (default f32; bf16/f16 imply "
+                   "--backend openvino and are opt-in: see benchmarks/RESULTS.md)")
+
+
+def backend_choice(args: argparse.Namespace) -> tuple[str | None, dict]:
+    """(backend name or None, backend options) from --backend and --inference-precision."""
+    precision = args.inference_precision
+    if precision == "f32":
+        return args.backend, {}
+    if args.backend not in (None, "openvino"):
+        raise InputError(f"--inference-precision {precision} is an OpenVINO precision; "
+                         f"--backend {args.backend} runs f32 only")
+    return "openvino", {"precision": precision}
+
+
 def show_progress(args: argparse.Namespace) -> bool:
     """A progress bar only for a person watching a terminal."""
     return not args.quiet and sys.stderr.isatty()
