@@ -142,3 +142,18 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     assert f"8 of 8 pairs done ({len(finished)} already complete, {8 - len(finished)} run)" \
         in stdout
     assert all(folder.is_complete(out / folder.PAIRS / pid) for pid in pair_ids(8))
+
+
+def test_a_mask_is_the_region_of_the_statistics(tmp_path: Path) -> None:
+    pairs, model = make_cohort(tmp_path, good=2, mask=True)
+    # pair p1's mask on another grid than its target: that pair fails, naming the mask
+    region = nib.load(tmp_path / "m1.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(region.dataobj)[:-2], region.affine), tmp_path / "m1.nii.gz")
+    summary = run_cohort(pairs, tmp_path / "out", model=model, settings=SET)
+    assert (summary.done, summary.failed) == (1, 1)
+    rows = _rows(tmp_path / "out")
+    assert "m1.nii.gz: not on the target's grid" in rows["p1"]["error"]
+    sigma = nib.load(tmp_path / "out" / folder.PAIRS / "p0" / "uncertainty.nii.gz").get_fdata()
+    inside = np.asarray(nib.load(tmp_path / "m0.nii.gz").dataobj) > 0
+    assert float(rows["p0"]["sigma_mean_mm"]) == pytest.approx(sigma[inside].mean(), rel=1e-5)
+    assert float(rows["p0"]["sigma_mean_mm"]) != pytest.approx(sigma.mean(), rel=1e-3)
