@@ -21,7 +21,8 @@ from .. import signals
 from .console import describe, printable, third_party_quiet
 
 # Subcommand modules, in the order their commands appear in --help.
-_COMMANDS = ("estimate", "apply", "cohort", "card", "info", "export", "demo", "evaluate")
+_COMMANDS = ("estimate", "apply", "cohort", "card", "info", "export", "demo", "evaluate",
+             "calibrate")
 
 
 class _Parser(argparse.ArgumentParser):
