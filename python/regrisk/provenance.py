@@ -20,6 +20,9 @@ CONVENTIONS = {
     "jacobian": "det(I + du/dx) of x -> x + u(x), u = displacement, x in world mm (as ANTs' "
                 "CreateJacobianDeterminantImage); det <= 0 is folding, counted in "
                 "summary jacobian over the target voxels inside the model grid's field of view",
+    "error_mm": "calibrated expected true error (mm), target native grid; written only with a "
+                "calibration (summary calibration names it)",
+    "error_bound_mm": "upper bound of the true error (mm) at the calibration's coverage",
 }
 
 
@@ -87,6 +90,7 @@ def summary(*, model: dict[str, Any], card: dict[str, Any], params: RunParameter
                        "sigma_mm_max": float(sigma_grid.max()),
                        "non_inference_share": (total - inference) / total if total else None},
         "conventions": dict(CONVENTIONS),
+        "qc": "uncalibrated",  # replaced by the calibrated verdict (regrisk.calibration.apply)
         "timings": timings,
         "versions": versions(),
     }

@@ -11,6 +11,8 @@ Output conventions (on the target's native grid, with its affine):
   ITK, SimpleITK and Slicer apply them as they are.
 - ``jacobian``: det(I + du/dx) of the map x -> x + u(x) of ``displacement``, in world mm.
 - ``warped_source``: the native source resampled through the unperturbed prediction.
+- ``error_mm`` / ``error_bound_mm`` (with a calibration only, :mod:`regrisk.calibration`):
+  expected true error and its upper bound at the calibration's coverage, in mm.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ _MAPS = (
     ("warped_source", "warped_source", "regrisk warped source", False),
     ("intrinsic", "intrinsic", "regrisk intrinsic spread (mm)", False),
     ("bias_jitter", "bias_jitter", "regrisk bias jitter (mm)", False),
+    ("error_mm", "error_mm", "regrisk calibrated expected error (mm)", False),
+    ("error_bound_mm", "error_bound_mm", "regrisk calibrated error upper bound (mm)", False),
 )
 
 
@@ -76,6 +80,8 @@ class EstimateResult:
     jacobian: np.ndarray | None = None       # (D, H, W) det(I + du/dx) of displacement
     family_uncertainty: dict[str, np.ndarray] = field(default_factory=dict)  # per_family only
     inputs: tuple[str, ...] = ()  # source, target and model files: save never replaces them
+    error_mm: np.ndarray | None = None        # calibrated runs only (regrisk.calibration)
+    error_bound_mm: np.ndarray | None = None  # calibrated runs only: bound at its coverage
 
     def _maps(self) -> list[tuple[str, np.ndarray, str, bool]]:
         """(file name, data, description, vector) of every map this result holds."""

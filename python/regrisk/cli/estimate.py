@@ -31,8 +31,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
     add_estimate_options(p)
+    add_calibration_options(p)
     add_run_options(p)
     p.set_defaults(func=run)
+
+
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """Calibrated error maps and the QC verdict (:mod:`regrisk.calibration`)."""
+    from ..calibration.qc import DEFAULT_THRESHOLD_MM
+
+    p.add_argument("--calibration", default=None,
+                   help="calibration JSON (regrisk calibrate); default: the shipped one for the "
+                   "packaged default model, none for other models")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="write no error map and no verdict (summary.json: qc uncalibrated)")
+    p.add_argument("--mask", default=None,
+                   help="region of the QC verdict (NIfTI on the target grid; default: the "
+                   "target's foreground)")
+    p.add_argument("--qc-threshold", type=float, default=None,
+                   help="mean error (mm) above which a registration is not 'pass'; also the "
+                   f"bound level counted in summary qc (default {DEFAULT_THRESHOLD_MM}, one "
+                   "voxel of the default model's grid)")
 
 
 def add_estimate_options(p: argparse.ArgumentParser) -> None:
@@ -81,6 +100,8 @@ def estimate_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io
+    from ..calibration import store
+    from ..calibration.apply import annotate
     from ..engine import Estimator
 
     check_run_options(args)
@@ -88,9 +109,14 @@ def run(args: argparse.Namespace) -> int:
         raise BudgetError(f"--batch must be >= 1, got {args.batch}")
     io.check_output(args.out, args.overwrite)  # refuse before any computation
     tune_allocator()
+    cal = store.for_model(args.model, args.calibration, not args.no_calibration)
     with Estimator(args.model, **estimator_options(args)) as est:
+        if cal is not None:  # refuse a calibration for another model before any computation
+            cal.check_model(store.model_identity(est))
         result = est.estimate(args.source, args.target, progress=show_progress(args),
                               **estimate_options(args))
+        if cal is not None:
+            annotate(est, result, args.source, args.target, cal, args.mask, args.qc_threshold)
     result.save(args.out, overwrite=args.overwrite)
     t = result.timings
     total = t.get("total", 0.0)
@@ -100,4 +126,9 @@ def run(args: argparse.Namespace) -> int:
           f"{sampling['stopped']}) in {total:.2f} s "
           f"({100 * share:.0f}% inference); sigma mean {float(result.uncertainty.mean()):.3g} mm, "
           f"max {float(result.uncertainty.max()):.3g} mm -> {args.out}")
+    qc = result.summary["qc"]
+    if isinstance(qc, dict):
+        print(f"regrisk estimate: qc {qc['verdict']} (predicted mean error "
+              f"{qc['predicted_mean_error_mm']:.2f} mm in the {qc['region']}, threshold "
+              f"{qc['threshold_mm']} mm; calibration {qc['calibration_id']})")
     return 0

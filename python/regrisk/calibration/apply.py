@@ -1,0 +1,48 @@
+"""What an estimate does with a calibration: the error map, its bound and the QC block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..errors import InputError
+from . import cues, model as error_model, qc
+from .store import Calibration, model_identity
+
+
+def annotate(est: Any, result: Any, source: Any, target: Any, cal: Calibration,
+             mask: Any = None, threshold: float | None = None) -> Any:
+    """Add ``error_mm``, ``error_bound_mm`` and ``summary['qc']`` to an EstimateResult of
+    ``est`` for ``source`` -> ``target`` (one reversed network pass)."""
+    cal.check_model(model_identity(est))  # a callable's grid is known only now
+    thr = cal.default_threshold if threshold is None else float(threshold)
+    if not np.isfinite(thr) or thr <= 0:
+        raise InputError(f"--qc-threshold must be a positive number of mm, got {threshold}")
+    src = io.load_image(source, "source")
+    tgt = io.load_image(target, "target")
+    region, region_name = _region(mask, tgt)
+    backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
+    c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine)
+    case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
+    x = error_model.features(c.table(np.ones(tgt.shape, bool)), case_cues, cal.model.names)
+    result.error_mm = cal.model.expected(x).reshape(tgt.shape).astype(np.float32)
+    result.error_bound_mm = cal.model.bound(x).reshape(tgt.shape).astype(np.float32)
+    result.summary["qc"] = qc.block(cal.rule, result.error_mm, result.error_bound_mm, region,
+                                    thr, case_cues, cal.id, region_name)
+    result.summary["calibration"] = {"id": cal.id, "path": cal.path,
+                                     "coverage": cal.model.coverage,
+                                     "held_out": cal.payload.get("held_out")}
+    return result
+
+
+def _region(mask: Any, tgt: io.Image) -> tuple[np.ndarray, str]:
+    if mask is None:
+        return cues.foreground(tgt.data), "target foreground"
+    m, _ = io.load_mask(mask, "mask")
+    if m.shape != tgt.shape:
+        raise InputError(f"mask shape {m.shape} differs from the target's {tgt.shape}")
+    if not m.any():
+        raise InputError("mask is empty")
+    return m.astype(bool), "mask"

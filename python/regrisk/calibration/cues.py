@@ -1,0 +1,129 @@
+"""Per-voxel cues of one registration, on the target's native grid.
+
+Each cue is expected to grow with the registration's true error, which is what lets the error
+model be monotone in every one of them:
+
+- ``sigma`` and its per-axis parts: the paper's equivariance spread (mm);
+- ``sigma_smooth``: sigma averaged over a few voxels (the error is spatially smooth, sigma noisy);
+- ``ic`` / ``ic_smooth``: inverse consistency |u_f(x) + u_b(x + u_f(x))| (mm) from one reversed
+  pass (the only extra network pass);
+- ``ncc_residual`` / ``ncc_residual_wide``: 1 - local NCC of warped source and target with a
+  Gaussian window (a misaligned edge shows up here even when the spread is small);
+- ``intensity_residual``: smoothed |warped source - target| in units of the target's range;
+- ``log_jacobian``: |log det J| of the predicted map (strong local volume change);
+- ``displacement``: |u| in mm (large motion is where networks err most).
+
+Case-level cues (means over the target's foreground) let one model shift its whole map when a
+registration failed outright, which no local cue sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+VOXEL_CUES = ("sigma", "sigma_x", "sigma_y", "sigma_z", "sigma_smooth", "ic", "ic_smooth",
+              "ncc_residual", "ncc_residual_wide", "intensity_residual", "log_jacobian",
+              "displacement")
+CASE_CUES = ("case_sigma", "case_ic", "case_ncc_residual")
+SETTINGS = {"smooth_vox": 2.0, "ncc_window_vox": 2.0, "ncc_wide_window_vox": 4.0,
+            "foreground": "target > min + 0.05 (p99 - min)"}
+
+
+@dataclass
+class Cues:
+    """The cue maps (name -> (D, H, W) float32) and the case-level means."""
+
+    maps: dict[str, np.ndarray]
+    case: dict[str, float]
+
+    def table(self, region: np.ndarray) -> np.ndarray:
+        """(N, len(VOXEL_CUES)) cue values of the voxels in ``region``."""
+        return np.stack([self.maps[n][region] for n in VOXEL_CUES], axis=1).astype(np.float32)
+
+
+def foreground(image: np.ndarray) -> np.ndarray:
+    """The evaluation's foreground rule (one definition for calibration and estimate)."""
+    from ..evaluation.protocol import foreground as fg
+
+    return fg(image)
+
+
+def local_ncc(a: np.ndarray, b: np.ndarray, window: float) -> np.ndarray:
+    """Local normalised cross-correlation with a Gaussian window of ``window`` voxels."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    g = lambda v: ndimage.gaussian_filter(v, window, mode="nearest")  # noqa: E731
+    ma, mb = g(a), g(b)
+    va = np.maximum(g(a * a) - ma * ma, 0.0)
+    vb = np.maximum(g(b * b) - mb * mb, 0.0)
+    cov = g(a * b) - ma * mb
+    # a floor relative to the image's variance: flat background gives 0 correlation, not 0/0
+    eps = 1e-4 * max(float(a.var()), float(b.var()), 1e-12)
+    return (cov / np.sqrt(va * vb + eps * eps)).astype(np.float32)
+
+
+def inverse_consistency(forward_mm: np.ndarray, target_affine: np.ndarray,
+                        backward_mm: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
+    """|u_f(x) + u_b(x + u_f(x))| in mm: ``forward_mm`` (3, ...) RAS mm on the target grid,
+    ``backward_mm`` the reversed pass's field on the source grid (grids may differ)."""
+    shape = forward_mm.shape[1:]
+    idx = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    world = target_affine[:3, :3] @ idx + target_affine[:3, 3:4] + forward_mm.reshape(3, -1)
+    inv = np.linalg.inv(source_affine)
+    src_vox = inv[:3, :3] @ world + inv[:3, 3:4]
+    back = np.stack([ndimage.map_coordinates(backward_mm[c].astype(np.float32), src_vox, order=1,
+                                             mode="nearest") for c in range(3)])
+    loop = forward_mm.reshape(3, -1) + back
+    return np.linalg.norm(loop, axis=0).reshape(shape).astype(np.float32)
+
+
+def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
+            source_affine: np.ndarray) -> Cues:
+    """Every cue of an estimate ``result`` (an EstimateResult) for the target volume
+    ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement)."""
+    s = SETTINGS["smooth_vox"]
+    sigma = np.asarray(result.uncertainty, np.float32)
+    axes = np.asarray(result.uncertainty_axes, np.float32)
+    ic = inverse_consistency(np.asarray(result.displacement), result.affine, backward_mm,
+                             source_affine)
+    warped = np.asarray(result.warped_source, np.float32)
+    ncc = local_ncc(warped, target, SETTINGS["ncc_window_vox"])
+    ncc_wide = local_ncc(warped, target, SETTINGS["ncc_wide_window_vox"])
+    span = float(np.percentile(target, 99) - target.min()) or 1.0
+    jac = result.jacobian if result.jacobian is not None else _jacobian(result)
+    maps = {"sigma": sigma, "sigma_x": axes[0], "sigma_y": axes[1], "sigma_z": axes[2],
+            "sigma_smooth": ndimage.gaussian_filter(sigma, s, mode="nearest"),
+            "ic": ic, "ic_smooth": ndimage.gaussian_filter(ic, s, mode="nearest"),
+            "ncc_residual": np.clip(1.0 - ncc, 0.0, 2.0),
+            "ncc_residual_wide": np.clip(1.0 - ncc_wide, 0.0, 2.0),
+            "intensity_residual": ndimage.gaussian_filter(np.abs(warped - target) / span, s,
+                                                          mode="nearest"),
+            "log_jacobian": np.abs(np.log(np.clip(jac, 1e-3, None))),
+            "displacement": np.linalg.norm(np.asarray(result.displacement), axis=0)}
+    maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
+    fg = foreground(target)
+    case = {"case_sigma": float(sigma[fg].mean()), "case_ic": float(ic[fg].mean()),
+            "case_ncc_residual": float(maps["ncc_residual"][fg].mean())}
+    return Cues(maps, case)
+
+
+def _jacobian(result: Any) -> np.ndarray:
+    from .. import jacobian
+
+    return jacobian.determinant(np.asarray(result.displacement), result.affine)
+
+
+def observe(est: Any, source: Any, target: Any, **estimate: Any) -> tuple[Any, Cues]:
+    """Run the estimate and the one reversed pass; (EstimateResult, Cues). ``source`` and
+    ``target`` are anything ``io.load_image`` reads."""
+    from .. import io
+
+    result = est.estimate(source, target, **estimate)
+    src = io.load_image(source, "source")
+    tgt = io.load_image(target, "target")
+    backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
+    return result, compute(result, tgt.data, np.asarray(backward.displacement), src.affine)
