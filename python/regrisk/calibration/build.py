@@ -101,3 +101,23 @@ def measure(m: error_model.ErrorModel, rule: VerdictRule, records: Sequence[Case
 
 def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
+
+
+def make(records: Sequence[CaseRecord], coverage: float, identity: dict[str, Any],
+         images: Sequence[Any], samples: int, seed: int, command: str) -> Any:
+    """The complete calibration (:class:`store.Calibration`) from case records."""
+    from . import cues, store
+
+    m, rule, parts = fit(records, coverage)
+    held_out = measure(m, rule, [records[i] for i in parts["test"]])
+    payload = {"model": identity, "command": command,
+               "cues": {"samples": samples, "perturbation": "paper",
+                        "voxel_cues": list(cues.VOXEL_CUES), "case_cues": list(cues.CASE_CUES),
+                        **cues.SETTINGS},
+               "images": [{"label": im.label, "sha256": store.image_sha256(im.data, im.affine),
+                           "shape": list(im.shape)} for im in images],
+               "cases": {"n": len(records), "families": [r.family for r in records],
+                         "seed": seed, "split": parts},
+               "qc": {"default_threshold_mm": DEFAULT_THRESHOLD_MM},
+               "held_out": held_out}
+    return store.build(payload, m, rule)

@@ -27,6 +27,7 @@ from ..errors import EvaluationError
 from .cues import CASE_CUES, VOXEL_CUES
 
 ERROR_OFFSET = 0.05  # mm: e0, keeps log(error) finite where the error is 0
+_LOG_CEILING = math.log(1e4)  # predictions capped at 10 m: cues far outside the fit stay finite
 _LOG_FLOOR = 0.05     # mm / unitless: added to cues before their log
 
 # feature name -> (cue, transform); every transform is increasing in its cue
@@ -82,7 +83,7 @@ class ErrorModel:
     coverage: float
 
     def log_prediction(self, x: np.ndarray) -> np.ndarray:
-        return self.intercept + x @ self.weights
+        return np.minimum(self.intercept + x @ self.weights, _LOG_CEILING)
 
     def expected(self, x: np.ndarray) -> np.ndarray:
         """Expected true error (mm) for a design matrix."""

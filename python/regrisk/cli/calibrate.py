@@ -50,7 +50,6 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import io
     from ..calibration import build, cases, store
     from ..engine import Estimator
 
@@ -66,17 +65,9 @@ def run(args: argparse.Namespace) -> int:
     with Estimator(args.model, threads=args.threads) as est:
         records = cases.collect(est, images, args.cases, args.samples, args.seed, say, args.cache)
         identity = store.model_identity(est)
-    m, rule, parts = build.fit(records, args.coverage)
-    held_out = build.measure(m, rule, [records[i] for i in parts["test"]])
-    payload = {"model": identity, "command": "regrisk " + shlex.join(sys.argv[2:] or ["calibrate"]),
-               "cues": _cue_settings(args), "images": [
-                   {"label": im.label, "sha256": store.image_sha256(im.data, im.affine),
-                    "shape": list(im.shape)} for im in images],
-               "cases": {"n": len(records), "families": [r.family for r in records],
-                         "seed": args.seed, "split": parts},
-               "qc": {"default_threshold_mm": build.DEFAULT_THRESHOLD_MM},
-               "held_out": held_out}
-    cal = store.build(payload, m, rule)
+    cal = build.make(records, args.coverage, identity, images, args.samples, args.seed,
+                     _command(args))
+    held_out = cal.payload["held_out"]
     store.save(cal, out)
     print(f"regrisk calibrate: {len(records)} cases; held-out coverage "
           f"{held_out.get('coverage_pooled')} (per case {held_out.get('coverage_per_case_min')}-"
@@ -86,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cue_settings(args: argparse.Namespace) -> dict:
-    from ..calibration import cues
-
-    return {"samples": args.samples, "perturbation": "paper", "voxel_cues": list(cues.VOXEL_CUES),
-            "case_cues": list(cues.CASE_CUES), **cues.SETTINGS}
+def _command(args: argparse.Namespace) -> str:
+    """The command that regenerates this calibration (recorded in it)."""
+    words = ["regrisk", "calibrate", "--model", str(args.model)]
+    if args.images:
+        words += ["--images", *map(str, args.images)]
+    words += ["--cases", str(args.cases), "--samples", str(args.samples), "--coverage",
+              str(args.coverage), "--seed", str(args.seed), "--out", str(args.out)]
+    return shlex.join(words)
 
 
 def _packaged_images() -> list:
