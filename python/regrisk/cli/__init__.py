@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import signals
+from . import ranges
 from .console import describe, printable, third_party_quiet
 
 # Subcommand modules, in the order their commands appear in --help.
@@ -59,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    out_of_range = ranges.check(args)
+    if out_of_range is not None:
+        print(f"regrisk {args.command}: error: {printable(out_of_range)}", file=sys.stderr)
+        return 2
     with third_party_quiet() as captured:
         status, line = _run(args)
     if line is None and captured is not None:
