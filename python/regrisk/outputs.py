@@ -59,8 +59,8 @@ def check_replaceable(out: Path, protect: Iterable[str | os.PathLike[str]] = ())
     """OutputError unless the existing folder ``out`` may be replaced."""
     if out.is_symlink():
         raise OutputError(f"output {out}: is a symbolic link; give the folder itself")
-    for path in protect:
-        if _holds(out, path):
+    for path in protect:  # a name that is no file (the model "default") holds nothing to lose
+        if os.path.lexists(path) and _holds(out, path):
             raise OutputError(f"output {out}: holds the input {path}; it is never replaced")
     try:
         empty = not any(out.iterdir())

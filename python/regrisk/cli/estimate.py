@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     check_run_options(args)
     if args.batch is not None and args.batch < 1:
         raise BudgetError(f"--batch must be >= 1, got {args.batch}")
-    io.check_output(args.out, args.overwrite)  # refuse before any computation
+    # refuse before any computation; --overwrite never replaces a folder holding an input
+    io.check_output(args.out, args.overwrite, protect=(args.source, args.target, args.model))
     tune_allocator()
     cal = store.for_model(args.model, args.calibration, not args.no_calibration)
     with Estimator(args.model, **estimator_options(args)) as est:

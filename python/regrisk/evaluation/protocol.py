@@ -60,6 +60,8 @@ class EvaluationConfig:
     device: str = "cpu"
     threads: int | None = None
     overwrite: bool = False
+    calibration: Any = "auto"  # "auto": the shipped one for the default model; None: none
+    qc_threshold: float | None = None  # mm; None: the calibration's default
 
     def check(self) -> None:
         if self.source is None or self.target is None:
@@ -199,8 +201,10 @@ def _row(case: Case, method: str, samples: int, s: metrics.Scores, seconds: floa
 
 
 def run_case(case: Case, est: Any, cfg: EvaluationConfig, stochastic: Any | None,
-             plot_dir: Path | None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Every method on one case; returns the metric rows and the maps (for plots)."""
+             plot_dir: Path | None, calibration: Any = None
+             ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Every method on one case; returns the metric rows and the maps (for plots). With a
+    ``calibration``, its error map is scored too, with its bound's coverage and the verdict."""
     src, tgt = (case.source, case.affine), (case.image, case.affine)
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
@@ -215,6 +219,7 @@ def run_case(case: Case, est: Any, cfg: EvaluationConfig, stochastic: Any | None
                                                     time.perf_counter() - t0, cfg.samples)
         if predicted is None:
             predicted = baselines.displacement_world(res.displacement, case.affine)
+            first = res
     if predicted is None:  # pragma: no cover - check() requires one perturbation
         predicted = baselines.predict_world(est, src, tgt, case.affine)
     error = true_error(case, predicted)
@@ -233,15 +238,38 @@ def run_case(case: Case, est: Any, cfg: EvaluationConfig, stochastic: Any | None
             maps[name] = baselines.random_map(case.image.shape, case.seed + 17)
             samples[name] = 0
         seconds[name] = time.perf_counter() - t0
+    extra = {}
+    if calibration is not None:
+        t0 = time.perf_counter()
+        maps["calibrated"], bound, extra = _calibrated(case, est, first, calibration, cfg, error)
+        seconds["calibrated"], samples["calibrated"] = time.perf_counter() - t0, cfg.samples
     rows = []
     scored = {}
     for name, u in maps.items():
         s = metrics.score(error[case.region], u[case.region])
         scored[name] = s
         rows.append(_row(case, name, samples[name], s, seconds[name]))
+        if name == "calibrated":
+            rows[-1].update(extra)
     if plot_dir is not None:
         _plot_case(case, error, maps, scored, plot_dir)
     return rows, {"error": error, **maps}
+
+
+def _calibrated(case: Case, est: Any, res: Any, cal: Any, cfg: EvaluationConfig,
+                error: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The calibrated error map of one case, its bound, and what the row adds: the bound's
+    coverage, the predicted and true mean error, the verdict (on the scored region)."""
+    from ..calibration import apply
+
+    src, tgt = (case.source, case.affine), (case.image, case.affine)
+    expected, bound, case_cues = apply.error_maps(est, res, src, tgt, cal)
+    thr = cal.default_threshold if cfg.qc_threshold is None else float(cfg.qc_threshold)
+    predicted = float(expected[case.region].mean())
+    return expected, bound, {
+        "coverage": round(float((error[case.region] <= bound[case.region]).mean()), 6),
+        "predicted_mean_error": round(predicted, 6),
+        "verdict": cal.rule.verdict(predicted, thr, case_cues)}
 
 
 def _plot_case(case: Case, error: np.ndarray, maps: dict[str, np.ndarray],
@@ -302,6 +330,19 @@ def run_convergence(case: Case, est: Any, cfg: EvaluationConfig,
     return rows
 
 
+def _calibration(cfg: EvaluationConfig, est: Any) -> Any | None:
+    """The calibration scored beside the maps (refused when made for another model)."""
+    from ..calibration import store
+
+    if cfg.calibration is None:
+        return None
+    auto = cfg.calibration == "auto"
+    cal = store.for_model(cfg.model, None if auto else cfg.calibration)
+    if cal is not None and not callable(cfg.model):
+        cal.check_model(store.model_identity(est))
+    return cal
+
+
 def _stochastic_estimator(cfg: EvaluationConfig) -> Any | None:
     """The MC-dropout model: explicit, the packaged stochastic default, a sibling
     ``<model>_stochastic.onnx``, or the model itself when its card says stochastic."""
@@ -319,7 +360,7 @@ def _stochastic_estimator(cfg: EvaluationConfig) -> Any | None:
 
 FIELDS = ["method", "ground_truth", "repeat", "base", "samples", "pearson", "spearman", "naurc",
           "aurc", "aurc_oracle", "aurc_random", "voxels", "mean_error", "mean_uncertainty",
-          "seconds"]
+          "seconds", "coverage", "predicted_mean_error", "verdict"]
 CONV_FIELDS = ["ground_truth", "repeat", "base", "perturbation", "draws", "samples", "reference_samples",
                "agreement_spearman", "agreement_pearson", "pearson", "spearman", "naurc", "seconds"]
 
@@ -358,6 +399,20 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def qc_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per case, the calibrated map's bound coverage and the verdict against the
+    case's true mean error (empty without a calibration)."""
+    cal = [r for r in rows if r["method"] == "calibrated"]
+    if not cal:
+        return ""
+    lines = ["| ground truth | repeat | base | true mean error (mm) | predicted (mm) | verdict | "
+             "bound coverage |", "|---|---:|---|---:|---:|---|---:|"]
+    for r in cal:
+        lines.append(f"| {r['ground_truth']} | {r['repeat']} | {r['base']} | {r['mean_error']:.3f} | "
+                     f"{r['predicted_mean_error']:.3f} | {r['verdict']} | {r['coverage']:.3f} |")
+    return "\n".join(lines)
+
+
 def convergence_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| ground truth | draws | K | agreement rho with the reference map | r | rho | nAURC | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -379,6 +434,8 @@ def _summary_md(cfg: EvaluationConfig, rows: list[dict[str, Any]], conv: list[di
            "region (mask or foreground, where the true correspondence lies in the image). "
            "Values: mean ± sd over cases. nAURC: 0 oracle, 1 random, lower is better.", "",
            summary_table(rows), "",
+           *(["Calibrated error map (method `calibrated`): coverage of its upper bound and the "
+              "QC verdict per case.", "", qc_table(rows), ""] if qc_table(rows) else []),
            "Paper (uniGradICON): Pearson r 0.71-0.78 against linear ground truth; r 0.43 and "
            "rho 0.48 against nonlinear; nAURC 0.29-0.47.", ""]
     if conv:
@@ -403,7 +460,9 @@ def evaluate(out: str | os.PathLike[str] | None = None, *, config: EvaluationCon
     t_start = time.perf_counter()
     # The same atomic folder as `estimate`: refused before any computation, built beside the
     # destination and renamed into place only when everything is written.
-    folder = io.OutputFolder(out, cfg.overwrite) if out is not None else None
+    inputs = [p for p in (cfg.source, cfg.target, cfg.mask, cfg.model, cfg.stochastic_model)
+              if isinstance(p, (str, os.PathLike))]  # never inside a folder --overwrite replaces
+    folder = io.OutputFolder(out, cfg.overwrite, protect=inputs) if out is not None else None
     with (folder if folder is not None else contextlib.nullcontext()) as stage:
         plot_dir = None
         if stage is not None and cfg.plots != "none":
@@ -425,6 +484,7 @@ def _run_cases(cfg: EvaluationConfig, plot_dir: Path | None, say: Callable[[str]
     first_case = next(cases)  # validates images and mask before the model is loaded
     est = _estimator(cfg.model, cfg)
     stochastic = _stochastic_estimator(cfg)
+    calibration = _calibration(cfg, est)
     rows: list[dict[str, Any]] = []
     conv: list[dict[str, Any]] = []
     seen_kinds: set[str] = set()
@@ -434,7 +494,7 @@ def _run_cases(cfg: EvaluationConfig, plot_dir: Path | None, say: Callable[[str]
         seen_kinds.add(case.kind)
         want_plot = plot_dir if (cfg.plots == "all" or first) else None
         say(f"case {i + 1}/{total}: {case.kind}, repeat {case.repeat}, base {case.base}")
-        case_rows, _ = run_case(case, est, cfg, stochastic, want_plot)
+        case_rows, _ = run_case(case, est, cfg, stochastic, want_plot, calibration)
         rows.extend(case_rows)
         if cfg.convergence and first:
             say(f"convergence on {case.kind} (K = {', '.join(map(str, cfg.convergence_samples))})")
