@@ -24,6 +24,12 @@ bspline         cubic B-spline displacement; control values ~ U(-max, max) per c
 none            identity (K identical passes: MC dropout through a stochastic graph)
 ==============  ===========================================================================
 
+Ranges (checked when a family is built, from a spec or the API, in the unit typed): lengths
+(translation and B-spline maxima) 0..256 voxels, 0..512 mm or 0..50%; rotation 0..180 degrees;
+scale 0.1 <= min <= max <= 10; shear 0..0.45; B-spline count 4..64 points per axis or spacing
+1..10000 voxels. A run draws at most 2^27 uniform numbers, and ``--sobol`` at most 21201 per
+sample and family (scipy's limit).
+
 Drawing is separate from applying: ``Perturbation.draw`` returns a :class:`DrawSet` of
 homogeneous :class:`Block` s, one per family (affine matrices or B-spline control grids), which
 the engine batches as they are; ``DrawSet.sample_order`` gives the interleaved per-sample view.

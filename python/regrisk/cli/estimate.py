@@ -70,16 +70,20 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="with --samples auto: stop when the map's estimated Spearman agreement "
                    "with its own limit reaches this (default 0.9)")
     p.add_argument("--max-samples", type=int, default=None,
-                   help="with --samples auto: never run more perturbations than this (default 200)")
+                   help="with --samples auto: never run more perturbations than this "
+                   "(2..100000, default 200)")
     p.add_argument("--passes", type=int, default=1,
-                   help="stochastic passes per perturbation (nested design, stochastic models)")
+                   help="stochastic passes per perturbation (nested design, stochastic models; "
+                   "1..1000)")
     p.add_argument("--per-family", action="store_true",
                    help="also write uncertainty_<family>.nii.gz for each family of a mixture")
-    p.add_argument("--batch", type=int, default=None, help="samples per network call")
+    p.add_argument("--batch", type=int, default=None,
+                   help="samples per network call (1..1024; default sized to the memory budget)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     add_backend_options(p)
     p.add_argument("--memory-budget", type=_bytes, default=None,
-                   help="refuse runs estimated above this (e.g. 4G; default half the free memory)")
+                   help="refuse runs estimated above this (e.g. 4G; 1M..1024T; default half the free "
+                   "memory, at most 16G)")
 
 
 def estimator_options(args: argparse.Namespace) -> dict:

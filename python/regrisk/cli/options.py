@@ -31,17 +31,20 @@ def sample_count(text: str) -> int | str:
 def add_sample_options(p: argparse.ArgumentParser, samples: int) -> None:
     """--samples (default ``samples``) and --seed."""
     p.add_argument("--samples", type=sample_count, default=samples,
-                   help=f"number of perturbations K (>= 2, default {samples}), or 'auto': draw "
+                   help=f"number of perturbations K (2..100000, default {samples}), or 'auto': draw "
                    "until the map's split-half precision reaches --precision")
-    p.add_argument("--seed", type=int, default=0, help="random seed (NumPy Generator)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (NumPy Generator; 0..2^63-1, default 0)")
 
 
 def add_run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     """--threads, --overwrite (unless ``overwrite`` is False: a command that resumes its output
     folder has none), --quiet (after a command's own options in --help)."""
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (1..4 x cores, at most 1024; default: all cores)")
     if overwrite:
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output folder that regrisk wrote (never one "
+                       "holding an input or the model)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
