@@ -149,3 +149,18 @@ def test_verdict_on_a_shift_far_beyond_the_model_is_not_pass(image, calibration,
 def test_verdict_on_a_shift_within_reach_passes(image, calibration):
     res = _estimate(image, 1, calibration)
     assert res.summary["qc"]["verdict"] == "pass"
+
+
+def test_evaluate_scores_the_calibrated_map_its_coverage_and_verdict(image, calibration, tmp_path):
+    from regrisk.evaluation.protocol import evaluate, qc_table
+
+    cal_path = tmp_path / "cal.json"
+    store.save(calibration, cal_path)
+    res = evaluate(None, model=limited_reach, source=(image.data, AFFINE),
+                   target=(image.data, AFFINE), ground_truth=("translation",), samples=4,
+                   baselines=("random",), plots="none", calibration=str(cal_path), base="target")
+    row = next(r for r in res.rows if r["method"] == "calibrated")
+    sigma = next(r for r in res.rows if r["method"].startswith("equivariance"))
+    assert 0.0 <= row["coverage"] <= 1.0 and row["verdict"] in ("pass", "review", "fail")
+    assert row["mean_error"] == sigma["mean_error"]  # the same case, the same true error
+    assert "| translation |" in qc_table(res.rows)

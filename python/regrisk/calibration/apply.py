@@ -20,21 +20,30 @@ def annotate(est: Any, result: Any, source: Any, target: Any, cal: Calibration,
     thr = cal.default_threshold if threshold is None else float(threshold)
     if not np.isfinite(thr) or thr <= 0:
         raise InputError(f"--qc-threshold must be a positive number of mm, got {threshold}")
-    src = io.load_image(source, "source")
     tgt = io.load_image(target, "target")
     region, region_name = _region(mask, tgt)
-    backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
-    c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine)
-    case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
-    x = error_model.features(c.table(np.ones(tgt.shape, bool)), case_cues, cal.model.names)
-    result.error_mm = cal.model.expected(x).reshape(tgt.shape).astype(np.float32)
-    result.error_bound_mm = cal.model.bound(x).reshape(tgt.shape).astype(np.float32)
+    result.error_mm, result.error_bound_mm, case_cues = error_maps(est, result, source, target,
+                                                                   cal)
     result.summary["qc"] = qc.block(cal.rule, result.error_mm, result.error_bound_mm, region,
                                     thr, case_cues, cal.id, region_name)
     result.summary["calibration"] = {"id": cal.id, "path": cal.path,
                                      "coverage": cal.model.coverage,
                                      "held_out": cal.payload.get("held_out")}
     return result
+
+
+def error_maps(est: Any, result: Any, source: Any, target: Any, cal: Calibration
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(expected error, bound, case cues) of an estimate: one reversed pass, the cues, the
+    calibration's model. Maps (D, H, W) float32 on the target's grid, in mm."""
+    src = io.load_image(source, "source")
+    tgt = io.load_image(target, "target")
+    backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
+    c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine)
+    case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
+    x = error_model.features(c.table(np.ones(tgt.shape, bool)), case_cues, cal.model.names)
+    return (cal.model.expected(x).reshape(tgt.shape).astype(np.float32),
+            cal.model.bound(x).reshape(tgt.shape).astype(np.float32), case_cues)
 
 
 def _region(mask: Any, tgt: io.Image) -> tuple[np.ndarray, str]:

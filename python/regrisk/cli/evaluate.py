@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", default="first", choices=("all", "first", "none"),
                    help="plots for every case, the first of each kind, or none (default first)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--calibration", default="auto",
+                   help="calibration JSON whose error map is scored as method 'calibrated' "
+                   "(default: the shipped one for the packaged default model)")
+    p.add_argument("--no-calibration", action="store_true", help="score no calibrated map")
+    p.add_argument("--qc-threshold", type=float, default=None,
+                   help="mean error (mm) of the verdict (default: the calibration's)")
     add_run_options(p)
     p.set_defaults(func=run)
 
@@ -69,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         perturbation=_split(args.perturbation, ";"), convergence=args.convergence,
         base=args.base, stochastic_model=args.stochastic_model,
         baselines=_split(args.baselines, ","), plots=args.plots, device=args.device,
-        threads=args.threads, overwrite=args.overwrite)
+        threads=args.threads, overwrite=args.overwrite,
+        calibration=None if args.no_calibration else args.calibration,
+        qc_threshold=args.qc_threshold)
     tune_allocator()
     say = None if args.quiet else (lambda msg: print(f"regrisk evaluate: {msg}", file=sys.stderr))
     result = evaluate(args.out, config=cfg, progress=say)
