@@ -8,6 +8,7 @@ Conversions between a card's conventions and the canonical ones live in ``conven
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,12 +145,14 @@ class ModelCard:
         _choice(self.batch, _BATCH, "batch")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")
         _choice(self.preprocess.method, _PREPROCESS, "preprocess.method")
-        _check(0.0 <= float(self.preprocess.low) < float(self.preprocess.high) <= 100.0,
+        low, high = _real(self.preprocess.low), _real(self.preprocess.high)
+        _check(low is not None and high is not None and 0.0 <= low < high <= 100.0,
                "preprocess", "0 <= low < high <= 100 (percentiles)")
         _choice(self.resample.method, _RESAMPLE, "resample.method")
         if self.resample.method == "reslice":
             sp = self.resample.spacing
-            _check(sp is not None and len(sp) == 3 and all(float(s) > 0 for s in sp),
+            _check(isinstance(sp, (list, tuple)) and len(sp) == 3
+                   and all((_real(s) or 0.0) > 0 for s in sp),
                    "resample.spacing", "three positive spacings in mm for reslice")
             self.resample.spacing = tuple(float(s) for s in sp)  # type: ignore[assignment,union-attr]
         _check(isinstance(self.stochastic, bool), "stochastic", "true or false")
@@ -204,6 +207,13 @@ class ModelCard:
         except json.JSONDecodeError as exc:
             raise CardError(f"model card: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(data)
+
+
+def _real(x: Any) -> float | None:
+    """``x`` as a finite float when it is a real number (not a bool or a string), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
 
 
 def _check(ok: bool, name: str, expected: str) -> None:
