@@ -1,0 +1,96 @@
+"""Floors of the calibrated error map, measured on cases (and images) the fit did not see.
+
+Reads the case records that ``regrisk calibrate --cache DIR`` keeps (one ``case_NNN.npz`` per
+case: cue table, true error, case cues) and prints markdown tables:
+
+1. the calibration's own split: fit / conformal / held-out test cases (new deformations of the
+   same images);
+2. across images: fitted and calibrated on every case of one image, measured on every case of
+   the other (images the calibration did not see);
+3. per held-out case: coverage of the bound, Spearman of the calibrated map, of sigma (the
+   paper's map) and of inverse consistency alone, and the verdict against the true mean error.
+
+Usage (the figures in benchmarks/EVALUATION.md):
+    PYTHONPATH=python python -m regrisk calibrate --model default --cases 32 --samples 16 \
+        --cache cal-cases --out python/regrisk/models/default.calibration.json --threads 2
+    PYTHONPATH=python python benchmarks/calibration_floors.py cal-cases
+Tiny check:  PYTHONPATH=python python benchmarks/calibration_floors.py DIR --limit 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+from regrisk.calibration import build
+from regrisk.calibration.cases import CaseRecord
+from regrisk.calibration.cues import VOXEL_CUES
+from regrisk.calibration.qc import DEFAULT_THRESHOLD_MM
+
+
+def _rho(r: CaseRecord, cue: str) -> float:
+    return float(stats.spearmanr(r.cues[:, VOXEL_CUES.index(cue)], r.error).statistic)
+
+
+def _summary_row(label: str, res: dict) -> str:
+    return (f"| {label} | {res['cases']} | {res['coverage_pooled']:.3f} | "
+            f"{res['coverage_per_case_min']:.3f}-{res['coverage_per_case_max']:.3f} | "
+            f"{res['spearman_error_mm_nonlinear']} | {res['spearman_sigma_nonlinear']} | "
+            f"{res['flagged_above_threshold']} | {res['flagged_below_threshold']} |")
+
+
+def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[CaseRecord],
+                   coverage: float, threshold: float) -> dict:
+    m, rule, _ = build.fit(fit_records, coverage)
+    res = build.measure(m, rule, test_records, threshold)
+    for row, r in zip(res["per_case"], test_records):
+        row["spearman_ic"] = round(_rho(r, "ic"), 4)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", help="folder of case_NNN.npz (regrisk calibrate --cache)")
+    ap.add_argument("--coverage", type=float, default=0.9)
+    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_MM)
+    ap.add_argument("--limit", type=int, default=None, help="use the first N cases only")
+    args = ap.parse_args(argv)
+    paths = sorted(glob.glob(os.path.join(args.records, "case_*.npz")))[:args.limit]
+    records = [CaseRecord.load(p) for p in paths]
+    parts = build.split(records)
+    results = {"own split (held-out deformations)": evaluate_split(
+        [records[i] for i in parts["fit"] + parts["conformal"]], [records[i] for i in parts["test"]],
+        args.coverage, args.threshold)}
+    for img in sorted({r.image for r in records}):
+        train = [r for r in records if r.image != img]
+        test = [r for r in records if r.image == img]
+        if len(train) >= 4 and test:
+            results[f"fit on other images, test on image {img + 1}"] = evaluate_split(
+                train, test, args.coverage, args.threshold)
+    print(f"{len(records)} cases; bound coverage {args.coverage}; QC threshold {args.threshold} mm\n")
+    print("| split | held-out cases | coverage pooled | coverage per case | Spearman error_mm "
+          "(nonlinear) | Spearman sigma (nonlinear) | flagged, true error > threshold | "
+          "flagged, true error <= threshold |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    for label, res in results.items():
+        print(_summary_row(label, res))
+    for label, res in results.items():
+        print(f"\n{label}:\n")
+        print("| family | image | coverage | rho error_mm | rho sigma | rho inverse consistency | "
+              "true mean error (mm) | predicted (mm) | verdict |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for p in res["per_case"]:
+            print(f"| {p['family']} | {p['image'] + 1} | {p['coverage']:.3f} | "
+                  f"{p['spearman_error_mm']:.3f} | {p['spearman_sigma']:.3f} | "
+                  f"{p['spearman_ic']:.3f} | {p['true_mean_error_mm']:.2f} | "
+                  f"{p['predicted_mean_error_mm']:.2f} | {p['verdict']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
