@@ -15,6 +15,12 @@ with the untouched network, so both are covered:
 - icon_registration's warp (``mermaidlite.compute_warped_image_multiNC``) fills a zeros tensor
   channel by channel before ``grid_sample``, which exports as ScatterElements over whole fields;
   while tracing, it is replaced by the same arithmetic written as one Concat + Transpose.
+
+The graph keeps its 11 5-D GridSamples (the cascade's warps and map compositions). ONNX Runtime
+runs it whole; OpenVINO, which has no 5-D GridSample, runs it staged: the U-Nets and the map
+arithmetic between warps as OpenVINO stages, every GridSample by regrisk's warp kernel
+(``regrisk.backends.staged``; tests/test_export_unigradicon.py checks it against the eager
+network).
 """
 
 from __future__ import annotations
