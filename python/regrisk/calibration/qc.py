@@ -1,16 +1,20 @@
 """The per-case verdict: pass / review / fail, calibrated on the synthetic cases.
 
-For every calibration case the ratio r = (true mean error) / (predicted mean error) over its
-region is kept. For a new case with predicted mean error p and a threshold t (mm):
+The calibration keeps, for each of its cases, the predicted mean error p_i (mean of the error
+map over the case's region) and the true mean error e_i. For a threshold t (mm), the cases
+with e_i > t are the ones that should have been flagged. For a new case with prediction p:
 
-- ``fail``   when even the most optimistic ratio seen says the mean error exceeds t:
-  p * min(r) > t;
-- ``review`` when the most pessimistic ratio seen allows it: p * max(r) > t, or when the
-  case's cues lie far outside what the calibration saw (an input unlike its images);
+- ``review`` when p > R = MARGIN * min{p_i : e_i > t} (capped at t): at least as high as some
+  prediction that came with a real failure, less a margin for cases the calibration did not
+  see; with no failed calibration case, R = t;
+- ``fail``   when p > F = max(R, t, FAIL_MARGIN * max{p_i : e_i <= t}): higher than any
+  prediction a good calibration case ever had;
+- ``review`` also when the case's cues lie far outside what the calibration saw (an input
+  unlike its images);
 - ``pass``   otherwise.
 
-So every calibration case whose true mean error exceeded t is flagged by construction; how many
-good cases are flagged too is what the held-out measurement reports.
+Every calibration case with e_i > t is flagged by construction (p_i >= min > R); how many good
+cases are flagged too, and how held-out failures fare, is what the held-out measurement reports.
 """
 
 from __future__ import annotations
@@ -23,36 +27,49 @@ import numpy as np
 from .cues import CASE_CUES
 
 DEFAULT_THRESHOLD_MM = 2.0  # one voxel of the default model's 2 mm grid
+MARGIN = 0.8                # review below the smallest failed prediction, by this factor
+FAIL_MARGIN = 1.25          # fail above the largest good prediction, by this factor
 OUT_OF_RANGE = 1.5          # case cue above 1.5x the largest the calibration saw: review
 
 
 @dataclass
 class VerdictRule:
-    ratios: np.ndarray          # true / predicted mean error of the calibration cases
+    predicted: np.ndarray       # predicted mean error of each calibration case (mm)
+    true: np.ndarray            # its true mean error (mm)
     case_cue_max: np.ndarray    # (len(CASE_CUES),) largest case cues seen
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ratios": [round(float(r), 6) for r in self.ratios],
+        return {"predicted_mean_error_mm": [round(float(v), 6) for v in self.predicted],
+                "true_mean_error_mm": [round(float(v), 6) for v in self.true],
                 "case_cue_max": dict(zip(CASE_CUES, map(float, self.case_cue_max))),
-                "out_of_range_factor": OUT_OF_RANGE}
+                "margin": MARGIN, "fail_margin": FAIL_MARGIN, "out_of_range_factor": OUT_OF_RANGE}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VerdictRule":
-        ratios = np.asarray(d["ratios"], dtype=np.float64)
-        if ratios.size == 0 or not np.isfinite(ratios).all() or (ratios <= 0).any():
-            raise ValueError("verdict ratios must be finite and positive")
-        return cls(ratios, np.array([float(d["case_cue_max"][n]) for n in CASE_CUES]))
+        p = np.asarray(d["predicted_mean_error_mm"], dtype=np.float64)
+        e = np.asarray(d["true_mean_error_mm"], dtype=np.float64)
+        if p.size == 0 or p.shape != e.shape or not (np.isfinite(p).all() and np.isfinite(e).all()):
+            raise ValueError("verdict table must hold finite predicted and true mean errors")
+        return cls(p, e, np.array([float(d["case_cue_max"][n]) for n in CASE_CUES]))
 
     @classmethod
     def fit(cls, predicted: np.ndarray, true: np.ndarray, case_cues: np.ndarray) -> "VerdictRule":
-        p = np.maximum(np.asarray(predicted, np.float64), 1e-6)
-        return cls(np.asarray(true, np.float64) / p, np.asarray(case_cues).max(axis=0))
+        return cls(np.asarray(predicted, np.float64), np.asarray(true, np.float64),
+                   np.asarray(case_cues).max(axis=0))
+
+    def cuts(self, threshold: float) -> tuple[float, float]:
+        """(review cut R, fail cut F) in mm of predicted mean error, for ``threshold``."""
+        bad = self.true > threshold
+        review = min(threshold, MARGIN * float(self.predicted[bad].min())) if bad.any() else threshold
+        good_max = float(self.predicted[~bad].max()) if (~bad).any() else 0.0
+        return review, max(review, threshold, FAIL_MARGIN * good_max)
 
     def verdict(self, predicted_mean: float, threshold: float,
                 case_cues: np.ndarray | None = None) -> str:
-        if predicted_mean * float(self.ratios.min()) > threshold:
+        review, fail = self.cuts(threshold)
+        if predicted_mean > fail:
             return "fail"
-        if predicted_mean * float(self.ratios.max()) > threshold:
+        if predicted_mean > review:
             return "review"
         if case_cues is not None and (np.asarray(case_cues) > OUT_OF_RANGE * self.case_cue_max).any():
             return "review"
