@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .estimate import add_estimate_options, estimate_options, estimator_options
+from .estimate import (add_calibration_options, add_estimate_options, estimate_options,
+                       estimator_options)
 from .options import add_run_options, check_run_options, show_progress, tune_allocator
 
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPU share of each Ray worker (> 0 runs the estimates on CUDA)")
     add_estimate_options(p)
+    add_calibration_options(p, mask=False)
     add_run_options(p, overwrite=False)
     p.set_defaults(func=run)
 
@@ -42,7 +44,10 @@ def _settings(args: argparse.Namespace):  # -> EstimateSettings
     estimator = estimator_options(args)
     if args.gpus_per_worker > 0:  # a GPU share means the estimates run on it
         estimator["device"] = "cuda"
-    return EstimateSettings(estimate=estimate_options(args), estimator=estimator)
+    calibration = {"path": args.calibration, "enabled": not args.no_calibration,
+                   "qc_threshold": args.qc_threshold}
+    return EstimateSettings(estimate=estimate_options(args), estimator=estimator,
+                            calibration=calibration)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -53,6 +58,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
+    if args.qc_threshold is not None and not 0 < args.qc_threshold < float("inf"):
+        raise InputError(f"--qc-threshold must be a positive number of mm, got {args.qc_threshold}")
     if not 0 <= args.gpus_per_worker <= 64:
         raise InputError(f"--gpus-per-worker must be in [0, 64], got {args.gpus_per_worker:g}")
     if args.engine == "local" and (args.address or args.workers or args.gpus_per_worker):

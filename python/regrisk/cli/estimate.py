@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_calibration_options(p: argparse.ArgumentParser) -> None:
-    """Calibrated error maps and the QC verdict (:mod:`regrisk.calibration`)."""
+def add_calibration_options(p: argparse.ArgumentParser, mask: bool = True) -> None:
+    """Calibrated error maps and the QC verdict (:mod:`regrisk.calibration`); ``mask`` False
+    leaves out --mask (the cohort command takes a mask per pair, from its table)."""
     from ..calibration.qc import DEFAULT_THRESHOLD_MM
 
     p.add_argument("--calibration", default=None,
@@ -45,9 +46,10 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
                    "packaged default model, none for other models")
     p.add_argument("--no-calibration", action="store_true",
                    help="write no error map and no verdict (summary.json: qc uncalibrated)")
-    p.add_argument("--mask", default=None,
-                   help="region of the QC verdict (NIfTI on the target grid; default: the "
-                   "target's foreground)")
+    if mask:
+        p.add_argument("--mask", default=None,
+                       help="region of the QC verdict (NIfTI on the target grid; default: the "
+                       "target's foreground)")
     p.add_argument("--qc-threshold", type=float, default=None,
                    help="mean error (mm) above which a registration is not 'pass'; also the "
                    f"bound level counted in summary qc (default {DEFAULT_THRESHOLD_MM}, one "

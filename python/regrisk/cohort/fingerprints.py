@@ -32,27 +32,25 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def model_identity(model: Any) -> dict[str, str]:
-    """{"label", "sha256"} of a model: its ONNX file and sidecar card, or a callable's name.
-    Resolving the model here also refuses an unusable one before any pair runs."""
-    from ..model_loading import resolve
-
-    resolved = resolve(model)
+def model_sha256(resolved: Any) -> str:
+    """sha256 of a resolved model: its ONNX file and sidecar card, or a callable's name."""
     if resolved.source.path is None:  # a callable: its qualified name is all we can know
         fn = resolved.source.function
         name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', resolved.label)}"
-        return {"label": resolved.label, "sha256": hashlib.sha256(name.encode()).hexdigest()}
+        return hashlib.sha256(name.encode()).hexdigest()
     path = Path(resolved.source.path)
     digest = hashlib.sha256(file_sha256(path).encode())
     sidecar = path.with_name(path.name + ".card.json")
     if sidecar.is_file():
         digest.update(file_sha256(sidecar).encode())
-    return {"label": resolved.label, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
-def pair_key(pair: Pair, model_sha256: str, settings: EstimateSettings) -> dict[str, Any]:
-    """Everything a finished pair's result depends on; equal keys mean the same result."""
-    settings_text = json.dumps(settings.result_defining(), sort_keys=True)
+def pair_key(pair: Pair, model: str, settings: EstimateSettings,
+             calibration: str | None) -> dict[str, Any]:
+    """Everything a finished pair's result depends on (inputs, model, settings, calibration
+    id); equal keys mean the same result."""
+    chosen = {"settings": settings.result_defining(), "calibration": calibration}
+    text = json.dumps(chosen, sort_keys=True)
     return {"inputs": {role: file_sha256(p) for role, p in pair.inputs().items()},
-            "model": model_sha256,
-            "settings": hashlib.sha256(settings_text.encode()).hexdigest()}
+            "model": model, "settings": hashlib.sha256(text.encode()).hexdigest()}

@@ -13,7 +13,9 @@ from typing import Any
 
 from ..errors import CohortError, first_line
 from . import folder, report, table
-from .fingerprints import model_identity, pair_key
+from ..model_loading import resolve
+from .calibrated import calibration_id
+from .fingerprints import model_sha256, pair_key
 from .local import LocalEngine
 from .manifest import Manifest
 from .outcome import DONE, FAILED, Outcome
@@ -43,7 +45,13 @@ class Plan:
     refused: list[Outcome]                   # pairs failed before running (missing files)
 
 
-def plan(pairs: Sequence[Pair], manifest: Manifest, model_sha256: str,
+@dataclass(frozen=True)
+class Identity:
+    model: str                     # sha256 of the model
+    calibration: str | None        # id of the calibration the estimates use
+
+
+def plan(pairs: Sequence[Pair], manifest: Manifest, identity: Identity,
          settings: EstimateSettings, root: Path) -> Plan:
     """Which pairs to run: not those whose result is complete and whose key (inputs, model,
     settings) is the one recorded; pairs with missing or unreadable files fail here."""
@@ -52,7 +60,7 @@ def plan(pairs: Sequence[Pair], manifest: Manifest, model_sha256: str,
         problems = missing_inputs(pair)
         if not problems:
             try:
-                p.keys[pair.id] = pair_key(pair, model_sha256, settings)
+                p.keys[pair.id] = pair_key(pair, identity.model, settings, identity.calibration)
             except OSError as exc:
                 problems = [f"pair {pair.id}: cannot read an input ({first_line(exc)})"]
         if problems:
@@ -86,13 +94,14 @@ def run_cohort(pairs: str | os.PathLike[str] | Sequence[Pair], out: str | os.Pat
     says ``interrupted`` and a rerun resumes."""
     settings = settings or EstimateSettings()
     listed = read_pairs(pairs) if isinstance(pairs, (str, os.PathLike)) else list(pairs)
-    model_sha = model_identity(model)["sha256"]        # refuses a bad model before anything
+    resolved = resolve(model)               # refuses a bad model or calibration before anything
+    identity = Identity(model_sha256(resolved), calibration_id(model, resolved, settings))
     runner = make_engine(engine, model, settings, ray_options)
     out = folder.prepare(out)
     with folder.locked(out):
         manifest = Manifest(out)
         folder.remove_leftovers(out)
-        todo = plan(listed, manifest, model_sha, settings, out / folder.PAIRS)
+        todo = plan(listed, manifest, identity, settings, out / folder.PAIRS)
         summary = CohortSummary(out, len(listed), skipped=len(todo.current))
         for outcome in todo.refused:
             if on_refused is not None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError, RegriskError, first_line
+from . import calibrated
 from .outcome import DONE, FAILED, Outcome, qc_numbers, region_statistics
 from .overview import thumbnail
 from .pairs import Pair
@@ -29,6 +30,7 @@ class PairWorker:
 
         self.settings = settings
         self.estimator = Estimator(model, **settings.estimator)
+        self.calibration = calibrated.load(model, settings)  # checked by the driver
         self.where = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def pid(self) -> int:
@@ -52,6 +54,12 @@ class PairWorker:
         target = io.load_image(str(pair.target), "target")
         mask = _mask(pair, target)
         result = self.estimator.estimate(str(pair.source), target, **self.settings.estimate)
+        if self.calibration is not None:  # error maps and the summary's qc block
+            from ..calibration.apply import annotate
+
+            annotate(self.estimator, result, str(pair.source), target, self.calibration,
+                     None if pair.mask is None else str(pair.mask),
+                     self.settings.calibration.get("qc_threshold"))
         stats = region_statistics(result.uncertainty, mask, result.summary)
         qc = qc_numbers(result.summary)
         with io.OutputFolder(out_dir, overwrite=True) as stage:
