@@ -142,7 +142,8 @@ def _write_outputs(out: Path, pairs: list[Pair], current: dict[str, dict[str, An
     rows = table.rows(pairs, current)
     table.write_csv(out / "cohort.csv", rows)
     label = model if isinstance(model, (str, os.PathLike)) else getattr(model, "__name__", "callable")
-    report.write(out, rows, {"model": str(label), "settings": settings.result_defining()})
+    chosen = {k: v for k, v in settings.result_defining().items() if v is not None}
+    report.write(out, rows, {"model": str(label), "settings": chosen})
 
 
 def _count(summary: CohortSummary, current: dict[str, dict[str, Any]]) -> CohortSummary:
