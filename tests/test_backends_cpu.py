@@ -61,6 +61,8 @@ def test_openvino_compiles_once_per_batch(tmp_path, rng) -> None:
             backend.run(_pair(rng, b))
         assert backend._model(1) is first
         assert backend.describe()["compiled_batches"] == [1, 4]
+        # the thread count reaches the compiled model, not only the summary
+        assert int(first.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
 
 
 @needs_openvino

@@ -141,10 +141,11 @@ class OpenVinoBackend(Backend):
         """The compiled model (or staged graph) for ``batch``, compiled at its first use."""
         if batch not in self._models:
             if self.staged is not None:
-                zeros = {n: np.zeros((batch, self.channels[n], *self.grid), np.float32)
-                         for n in self.input_names}
-                self.staged.run(zeros, [self.output_name])  # compiles every stage for batch
-                self._models[batch] = self.staged
+                if not self._models:  # at construction: compile every stage now, so that a
+                    zeros = {n: np.zeros((batch, self.channels[n], *self.grid), np.float32)
+                             for n in self.input_names}  # graph OpenVINO cannot take fails here
+                    self.staged.run(zeros, [self.output_name])
+                self._models[batch] = self.staged  # later batches compile at their first run
             else:
                 shapes = {n: (batch, self.channels[n], *self.grid) for n in self.input_names}
                 self._models[batch] = self._compile(self.network, shapes)
