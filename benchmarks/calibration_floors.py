@@ -53,19 +53,27 @@ def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[Cas
     return res
 
 
+def _load(folder: str) -> list[CaseRecord]:
+    return [CaseRecord.load(p) for p in sorted(glob.glob(os.path.join(folder, "case_*.npz")))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", help="folder of case_NNN.npz (regrisk calibrate --cache)")
     ap.add_argument("--coverage", type=float, default=0.9)
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_MM)
     ap.add_argument("--limit", type=int, default=None, help="use the first N cases only")
+    ap.add_argument("--test-records", default=None,
+                    help="folder of fresh held-out cases (benchmarks/calibration_heldout.py)")
     args = ap.parse_args(argv)
-    paths = sorted(glob.glob(os.path.join(args.records, "case_*.npz")))[:args.limit]
-    records = [CaseRecord.load(p) for p in paths]
+    records = _load(args.records)[:args.limit]
     parts = build.split(records)
+    known = [records[i] for i in parts["fit"] + parts["conformal"]]
     results = {"own split (held-out deformations)": evaluate_split(
-        [records[i] for i in parts["fit"] + parts["conformal"]], [records[i] for i in parts["test"]],
-        args.coverage, args.threshold)}
+        known, [records[i] for i in parts["test"]], args.coverage, args.threshold)}
+    if args.test_records:
+        results["fresh cases (another seed, translation_mid outside the mix)"] = evaluate_split(
+            known, _load(args.test_records), args.coverage, args.threshold)
     for img in sorted({r.image for r in records}):
         train = [r for r in records if r.image != img]
         test = [r for r in records if r.image == img]
