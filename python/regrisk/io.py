@@ -212,6 +212,8 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool,
     ``overwrite`` replaces only a folder regrisk wrote, never one that is or holds a path in
     ``protect`` (the inputs and the model): :mod:`regrisk.outputs`."""
     out = Path(out_dir)
+    if len(out.name.encode()) > _name_max(out.absolute().parent):
+        raise OutputError(f"output {out}: the name is longer than the file system allows")
     if out.is_symlink() and not out.exists():
         raise OutputError(f"output {out}: is a dangling symbolic link")
     if out.exists() and not out.is_dir():
@@ -222,8 +224,6 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool,
         outputs.check_replaceable(out, protect)
     if not out.name or out.name in (".", ".."):
         raise OutputError(f"output {out}: name a folder to create")
-    if len(out.name.encode()) > _name_max(out.absolute().parent):
-        raise OutputError(f"output {out}: the name is longer than the file system allows")
     parent = out.absolute().parent
     if not parent.is_dir():
         raise OutputError(f"output {out}: parent folder {parent} does not exist")
@@ -273,7 +273,8 @@ class OutputFolder:
         with signals.deferred():  # neither the cleanup nor the renames are cut in half
             if exc_type is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
-                if isinstance(exc, OSError) and str(self.tmp) in str(exc.filename or ""):
+                # a failed write (disk full, file too large) often names no file
+                if isinstance(exc, OSError) and str(self.tmp) in str(exc.filename or self.tmp):
                     raise OutputError(f"output {self.out}: writing failed "
                                       f"({exc.strerror or first_line(exc)})") from exc
                 return
