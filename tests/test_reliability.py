@@ -715,3 +715,13 @@ def test_default_model_scripts_refuse_a_checkpoint_that_carries_code(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         dm_evaluate.ablation(ckpt, 1)
     assert not marker.exists() and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_an_unwritable_output_parent_is_one_line(ws):
+    (ws / "ro").mkdir()
+    (ws / "ro").chmod(0o555)
+    try:
+        refuse(ws, estimate(out="ro/out"), r"parent folder .* is not writable")
+    finally:
+        (ws / "ro").chmod(0o755)
