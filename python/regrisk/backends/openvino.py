@@ -127,12 +127,10 @@ class OpenVinoBackend(Backend):
 
     def _compile_stage(self, graph: Any) -> _Compiled:
         """A stage of a staged graph; its inputs already declare their shapes."""
+        network = self._read(graph.SerializeToString())
         try:
-            network = self._read(graph.SerializeToString())
             return _Compiled(self.core.compile_model(network, self.target, self._config()),
                              [o.name for o in graph.graph.output])
-        except ModelError:
-            raise
         except Exception as exc:
             raise ModelError(f"{self.label}: OpenVINO cannot compile a stage of the graph "
                              f"({_reason(exc)})") from None
