@@ -44,9 +44,13 @@ def _summary_row(label: str, res: dict) -> str:
             f"{res['flagged_above_threshold']} | {res['flagged_below_threshold']} |")
 
 
-def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[CaseRecord],
+def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[CaseRecord] | None,
                    coverage: float, threshold: float) -> dict:
-    m, rule, _ = build.fit(fit_records, coverage)
+    """Fit (and calibrate) on ``fit_records``; measure on ``test_records``, or, when None, on
+    the test part of ``fit_records``' own split (exactly what regrisk calibrate records)."""
+    m, rule, parts = build.fit(fit_records, coverage)
+    if test_records is None:
+        test_records = [fit_records[i] for i in parts["test"]]
     res = build.measure(m, rule, test_records, threshold)
     for row, r in zip(res["per_case"], test_records):
         row["spearman_ic"] = round(_rho(r, "ic"), 4)
@@ -67,13 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="folder of fresh held-out cases (benchmarks/calibration_heldout.py)")
     args = ap.parse_args(argv)
     records = _load(args.records)[:args.limit]
-    parts = build.split(records)
-    known = [records[i] for i in parts["fit"] + parts["conformal"]]
     results = {"own split (held-out deformations)": evaluate_split(
-        known, [records[i] for i in parts["test"]], args.coverage, args.threshold)}
-    if args.test_records:
+        records, None, args.coverage, args.threshold)}
+    if args.test_records:  # the shipped calibration's model, on fresh cases
         results["fresh cases (another seed, translation_mid outside the mix)"] = evaluate_split(
-            known, _load(args.test_records), args.coverage, args.threshold)
+            records, _load(args.test_records), args.coverage, args.threshold)
     for img in sorted({r.image for r in records}):
         train = [r for r in records if r.image != img]
         test = [r for r in records if r.image == img]

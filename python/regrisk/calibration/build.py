@@ -1,8 +1,9 @@
 """From case records to a calibration: split by case, fit, calibrate, measure on held-out cases.
 
 Split (by case, never by voxel, so the conformal and held-out sets are new registrations):
-within each family, cases cycle through fit, conformal, test, fit. The model is fitted on the
-fit cases, its bound calibrated on the conformal cases, the verdict's ratios taken from fit and
+within each family, the cases in a seeded random order cycle through fit, conformal, test (a
+random assignment keeps conformal and test cases exchangeable: a fixed order would, for
+example, put one image's cases in one role). The model is fitted on the fit cases, its bound calibrated on the conformal cases, the verdict's ratios taken from fit and
 conformal cases, and every figure in ``held_out`` is measured on the test cases only.
 """
 
@@ -20,17 +21,18 @@ from .cases import CaseRecord
 from .cues import VOXEL_CUES
 from .qc import DEFAULT_THRESHOLD_MM, VerdictRule
 
-_CYCLE = ("fit", "conformal", "test", "fit")
+_CYCLE = ("fit", "conformal", "test")
 
 
-def split(records: Sequence[CaseRecord]) -> dict[str, list[int]]:
-    """Indices of the fit, conformal and test cases."""
+def split(records: Sequence[CaseRecord], seed: int = 0) -> dict[str, list[int]]:
+    """Indices of the fit, conformal and test cases (stratified by family, seeded)."""
     out: dict[str, list[int]] = {"fit": [], "conformal": [], "test": []}
-    seen: dict[str, int] = {}
-    for i, r in enumerate(records):
-        k = seen.get(r.family, 0)
-        seen[r.family] = k + 1
-        out[_CYCLE[k % len(_CYCLE)]].append(i)
+    rng = np.random.default_rng(seed)
+    for family in dict.fromkeys(r.family for r in records):
+        members = [i for i, r in enumerate(records) if r.family == family]
+        for k, i in enumerate(rng.permutation(members)):
+            out[_CYCLE[k % len(_CYCLE)]].append(int(i))
+    out = {role: sorted(idx) for role, idx in out.items()}
     if not out["fit"] or not out["conformal"]:
         raise InputError(f"{len(records)} cases are too few to fit and calibrate (need >= 2)")
     return out
