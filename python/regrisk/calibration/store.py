@@ -25,14 +25,6 @@ VERSION = 1
 DEFAULT_NAME = "default.calibration.json"  # beside models/default.onnx
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def image_sha256(data: np.ndarray, affine: np.ndarray) -> str:
     """Hash of an image's voxels (as float32) and affine: what the cases were built from."""
     h = hashlib.sha256(np.ascontiguousarray(data, dtype=np.float32).tobytes())
@@ -43,6 +35,8 @@ def image_sha256(data: np.ndarray, affine: np.ndarray) -> str:
 def model_identity(est: Any) -> dict[str, Any]:
     """sha256 of the model's file (``callable:<name>`` for a callable) and its grid; the grid
     of a callable is known only once it has run."""
+    from ..cohort.fingerprints import file_sha256  # one file hash, cached per process
+
     path = getattr(est.resolved.source, "path", None)
     sha = file_sha256(path) if path is not None else f"callable:{est.resolved.label}"
     card = est.card
