@@ -28,6 +28,8 @@ def annotate(est: Any, result: Any, source: Any, target: Any, cal: Calibration,
                                     thr, case_cues, cal.id, region_name)
     result.summary["calibration"] = {"id": cal.id, "path": cal.path,
                                      "coverage": cal.model.coverage,
+                                     # sigma is noisier below this K: the bound was fitted here
+                                     "samples": cal.payload.get("cues", {}).get("samples"),
                                      "held_out": cal.payload.get("held_out")}
     return result
 
