@@ -1,14 +1,16 @@
 """The per-case verdict: pass / review / fail, calibrated on the synthetic cases.
 
 The calibration keeps, for each of its cases, the predicted mean error p_i (mean of the error
-map over the case's region) and the true mean error e_i. For a threshold t (mm), the cases
-with e_i > t are the ones that should have been flagged. For a new case with prediction p:
+map over the case's region) and the true mean error e_i; r_i = e_i / p_i says how far a true
+mean error strayed from its prediction (r_hi, r_lo: the 95th and 5th percentiles). For a
+threshold t (mm), the cases with e_i > t are the ones that should have been flagged. For a new
+case with prediction p:
 
-- ``review`` when p > R = MARGIN * min{p_i : e_i > t} (capped at t): at least as high as some
-  prediction that came with a real failure, less a margin for cases the calibration did not
-  see; with no failed calibration case, R = t;
-- ``fail``   when p > F = max(R, t, FAIL_MARGIN * max{p_i : e_i <= t}): higher than any
-  prediction a good calibration case ever had;
+- ``review`` when p > R = min(t / r_hi, MARGIN * min{p_i : e_i > t}): the true mean error may
+  exceed t (an r as high as r_hi would take p above it), or p is as high as a prediction that
+  came with a real failure, less a margin for cases the calibration did not see;
+- ``fail``   when p > F = max(R, t / r_lo, FAIL_MARGIN * max{p_i : e_i <= t}): the true mean
+  error exceeds t even at an optimistic r, and p is above any good calibration case's;
 - ``review`` also when the case's cues lie far outside what the calibration saw (an input
   unlike its images);
 - ``pass``   otherwise.
@@ -60,9 +62,13 @@ class VerdictRule:
     def cuts(self, threshold: float) -> tuple[float, float]:
         """(review cut R, fail cut F) in mm of predicted mean error, for ``threshold``."""
         bad = self.true > threshold
-        review = min(threshold, MARGIN * float(self.predicted[bad].min())) if bad.any() else threshold
+        ratio = self.true / np.maximum(self.predicted, 1e-6)
+        r_lo, r_hi = (float(v) for v in np.percentile(ratio, [5, 95]))
+        review = threshold / r_hi
+        if bad.any():
+            review = min(review, MARGIN * float(self.predicted[bad].min()))
         good_max = float(self.predicted[~bad].max()) if (~bad).any() else 0.0
-        return review, max(review, threshold, FAIL_MARGIN * good_max)
+        return review, max(review, threshold / r_lo, FAIL_MARGIN * good_max)
 
     def verdict(self, predicted_mean: float, threshold: float,
                 case_cues: np.ndarray | None = None) -> str:
