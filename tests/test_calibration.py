@@ -164,3 +164,29 @@ def test_evaluate_scores_the_calibrated_map_its_coverage_and_verdict(image, cali
     assert 0.0 <= row["coverage"] <= 1.0 and row["verdict"] in ("pass", "review", "fail")
     assert row["mean_error"] == sigma["mean_error"]  # the same case, the same true error
     assert "| translation |" in qc_table(res.rows)
+
+
+def test_calibrate_cli_writes_a_calibration_that_estimate_uses(tmp_path, image, capsys):
+    img = write_nifti(tmp_path / "brain.nii.gz", image.data, AFFINE)
+    model_path = com_model(tmp_path / "com.onnx", GRID)
+    cal_path = tmp_path / "com.calibration.json"
+    assert main(["calibrate", "--model", str(model_path), "--images", str(img), "--cases", "8",
+                 "--samples", "3", "--quiet"]) == 0  # default --out: beside the model
+    cal = store.load(cal_path)
+    assert cal.payload["model"]["sha256"] == store.model_identity(Estimator(str(model_path))
+                                                                  )["sha256"]
+    assert cal.payload["images"][0]["sha256"] == store.image_sha256(image.data, AFFINE)
+    assert 0.0 <= cal.payload["held_out"]["coverage_pooled"] <= 1.0
+    src, tgt = _files(tmp_path, image)
+    out = tmp_path / "run"
+    assert main(["estimate", "--source", str(src), "--target", str(tgt), "--model",
+                 str(model_path), "--samples", "4", "--calibration", str(cal_path),
+                 "--qc-threshold", "3", "--out", str(out), "--quiet"]) == 0
+    qc_block = json.loads((out / "summary.json").read_text())["qc"]
+    assert qc_block["calibration_id"] == cal.id and qc_block["threshold_mm"] == 3.0
+    assert (out / "error_mm.nii.gz").is_file() and (out / "error_bound_mm.nii.gz").is_file()
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(model_path), "--images", str(img), "--coverage",
+                 "1.5", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--coverage" in err[0] and not (tmp_path / "x.json").exists()
