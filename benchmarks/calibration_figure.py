@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from scipy import stats
 
 from regrisk.calibration import apply, cases, store

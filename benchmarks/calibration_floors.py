@@ -24,7 +24,6 @@ import glob
 import os
 from collections.abc import Sequence
 
-import numpy as np
 from scipy import stats
 
 from regrisk.calibration import build
@@ -82,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(train) >= 4 and test:
             results[f"fit on other images, test on image {img + 1}"] = evaluate_split(
                 train, test, args.coverage, args.threshold)
-    print(f"{len(records)} cases; bound coverage {args.coverage}; QC threshold {args.threshold} mm\n")
+    print(f"{len(records)} cases; bound coverage {args.coverage}; "
+          f"QC threshold {args.threshold} mm\n")
     print("| split | held-out cases | coverage pooled | coverage per case | Spearman error_mm "
           "(nonlinear) | Spearman sigma (nonlinear) | flagged, true error > threshold | "
           "flagged, true error <= threshold |")

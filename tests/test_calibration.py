@@ -114,7 +114,8 @@ def test_estimate_without_calibration_writes_no_error_map(tmp_path, image):
     assert json.loads((out / "summary.json").read_text())["qc"] == "uncalibrated"
 
 
-def test_estimate_refuses_a_calibration_made_for_another_model(tmp_path, image, calibration, capsys):
+def test_estimate_refuses_a_calibration_made_for_another_model(tmp_path, image, calibration,
+                                                                capsys):
     src, tgt = _files(tmp_path, image)
     cal_path = tmp_path / "cal.json"
     store.save(calibration, cal_path)

@@ -3,7 +3,8 @@
 Split (by case, never by voxel, so the conformal and held-out sets are new registrations):
 within each family, the cases in a seeded random order cycle through fit, conformal, test (a
 random assignment keeps conformal and test cases exchangeable: a fixed order would, for
-example, put one image's cases in one role). The model is fitted on the fit cases, its bound calibrated on the conformal cases, the verdict's ratios taken from fit and
+example, put one image's cases in one role). The model is fitted on the fit cases, its bound
+calibrated on the conformal cases, the verdict's table taken from fit and
 conformal cases, and every figure in ``held_out`` is measured on the test cases only.
 """
 

@@ -77,7 +77,8 @@ class VerdictRule:
             return "fail"
         if predicted_mean > review:
             return "review"
-        if case_cues is not None and (np.asarray(case_cues) > OUT_OF_RANGE * self.case_cue_max).any():
+        if case_cues is not None and np.any(np.asarray(case_cues)
+                                            > OUT_OF_RANGE * self.case_cue_max):
             return "review"
         return "pass"
 
