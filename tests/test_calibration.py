@@ -181,11 +181,16 @@ def test_calibrate_cli_writes_a_calibration_that_estimate_uses(tmp_path, image, 
     src, tgt = _files(tmp_path, image)
     out = tmp_path / "run"
     assert main(["estimate", "--source", str(src), "--target", str(tgt), "--model",
-                 str(model_path), "--samples", "4", "--calibration", str(cal_path),
+                 str(model_path), "--samples", "4",  # the calibration beside the model
                  "--qc-threshold", "3", "--out", str(out), "--quiet"]) == 0
     qc_block = json.loads((out / "summary.json").read_text())["qc"]
     assert qc_block["calibration_id"] == cal.id and qc_block["threshold_mm"] == 3.0
     assert (out / "error_mm.nii.gz").is_file() and (out / "error_bound_mm.nii.gz").is_file()
+    assert main(["estimate", "--source", str(src), "--target", str(tgt), "--model",
+                 str(model_path), "--samples", "4", "--no-calibration", "--out",
+                 str(tmp_path / "plain"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["qc"] == "uncalibrated"
+    assert not (tmp_path / "plain" / "error_mm.nii.gz").exists()
     capsys.readouterr()
     assert main(["calibrate", "--model", str(model_path), "--images", str(img), "--coverage",
                  "1.5", "--out", str(tmp_path / "x.json")]) == 2

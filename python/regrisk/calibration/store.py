@@ -126,11 +126,15 @@ def default_path() -> Path:
 def for_model(model: Any, spec: str | os.PathLike[str] | None, enabled: bool = True
               ) -> Calibration | None:
     """The calibration an estimate uses: ``spec`` when given, the shipped one for the packaged
-    default model, else none (and none at all when ``enabled`` is False)."""
+    default model, ``<model>.calibration.json`` beside an ONNX file (where ``regrisk calibrate``
+    writes it by default), else none (and none at all when ``enabled`` is False)."""
     if not enabled:
         return None
     if spec is not None:
         return load(spec)
-    if isinstance(model, str) and model == "default" and default_path().is_file():
-        return load(default_path())
+    if isinstance(model, str) and model == "default":
+        return load(default_path()) if default_path().is_file() else None
+    if isinstance(model, (str, os.PathLike)):
+        beside = Path(model).with_suffix(".calibration.json")
+        return load(beside) if beside.is_file() else None
     return None

@@ -43,7 +43,7 @@ def add_calibration_options(p: argparse.ArgumentParser, mask: bool = True) -> No
 
     p.add_argument("--calibration", default=None,
                    help="calibration JSON (regrisk calibrate); default: the shipped one for the "
-                   "packaged default model, none for other models")
+                   "packaged default model, <model>.calibration.json beside an ONNX model")
     p.add_argument("--no-calibration", action="store_true",
                    help="write no error map and no verdict (summary.json: qc uncalibrated)")
     if mask:
