@@ -46,8 +46,8 @@ def test_openvino_matches_onnxruntime(tmp_path, rng, layout, batch) -> None:
         # centroids (~7 voxels) of noise differ by ~1e-3: float32 sums in another order
         # agree to a few ulps of the centroid, not of their small difference
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    assert (info["backend"], info["openvino_device"], info["precision"], info["threads"]) == \
-        ("openvino", "CPU", "f32", 1)
+    assert (info["backend"], info["openvino_device"], info["precision"], info["threads"],
+            info["runs_at"]) == ("openvino", "CPU", "f32", 1, "f32")
     assert info["fixed_batch"] == (2 if batch == 2 else None)
 
 
@@ -77,6 +77,7 @@ def test_gridsample_graph_staged_and_rewritten(tmp_path, rng, padding, align) ->
         staged, info = _run(path, "openvino", feeds)
         np.testing.assert_allclose(staged, want, rtol=0, atol=2e-5)
         assert (info["gridsample"], info["stages"], info["samples"]) == ("staged", 2, 2)
+        assert info["runs_at"] == "f32"
         rewritten, info = _run(path, "openvino", feeds, gridsample="rewrite")
         np.testing.assert_allclose(rewritten, want, rtol=0, atol=2e-5)
         assert info["gridsample"] == "rewrite"

@@ -49,7 +49,7 @@ class _Compiled:
         self.request = compiled.create_infer_request()
         self.outputs = outputs  # by the graph's names: OpenVINO may merge a tensor's aliases
         # what the device runs at: a CPU without bf16 runs f32 whatever the hint asked
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         # np.require, not ascontiguousarray: that makes a 0-d array (a scalar feed) 1-d
@@ -168,7 +168,8 @@ class OpenVinoBackend(Backend):
             "precision": self.precision, "threads": self.threads,
             "openvino": ov.get_version().split("-")[0], "fixed_batch": self.fixed_batch,
             "compiled_batches": sorted(self._models)}
-        compiled = next((m for m in self._models.values() if isinstance(m, _Compiled)), None)
+        pool = list(self._models.values()) + list(self.staged.compiled if self.staged else [])
+        compiled = next((m for m in pool if isinstance(m, _Compiled)), None)
         if compiled is not None:
             info["runs_at"] = compiled.precision
         if self.gridsample is not None:

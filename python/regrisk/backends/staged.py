@@ -159,6 +159,11 @@ class StagedGraph:
         self._compiled: dict[tuple[int, tuple], Callable[..., dict[str, Array]]] = {}
 
     @property
+    def compiled(self) -> list[Any]:
+        """The compiled stages so far (every shape)."""
+        return list(self._compiled.values())
+
+    @property
     def counts(self) -> dict[str, int]:
         return {"stages": sum(isinstance(p, Stage) for p in self.parts),
                 "samples": sum(isinstance(p, Sample) for p in self.parts)}
