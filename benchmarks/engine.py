@@ -4,8 +4,9 @@ A small VoxelMorph-like 3-D U-Net (random weights; the timing does not depend on
 exported to ONNX at 128^3 with a dynamic batch axis. Both contenders run K perturbations of the
 ``paper`` preset on one image pair and produce the sigma map (mm):
 
-- regrisk: ``Estimator(onnx).estimate`` (ONNX Runtime CPU EP, native warp/compose/B-spline/
-  Welford kernels, micro-batches), time per stage from ``result.timings``.
+- regrisk: ``Estimator(onnx).estimate`` (the backend chosen automatically: OpenVINO for this
+  U-Net when installed, else ONNX Runtime's CPU EP; ``--backend`` forces one; native
+  warp/compose/B-spline/Welford kernels, micro-batches), time per stage from ``result.timings``.
 - baseline: what a research script does: for each sample build the transform with torch
   (``affine_grid``; the B-spline field as a separable tensor product), warp with
   ``grid_sample``, run the same network in torch, compose with ``grid_sample``, keep every
@@ -157,6 +158,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--backend", default=None, help="force a backend (default: automatic)")
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs; best of each kept")
     args = ap.parse_args()
 
@@ -178,7 +180,7 @@ def main() -> None:
 
     load0 = os.getloadavg()
     keep_freed_memory()  # the allocator opt-in the CLI makes, so the script measures the same
-    est = Estimator(path, threads=threads, batch=args.batch)
+    est = Estimator(path, threads=threads, batch=args.batch, backend=args.backend)
     est.estimate(source, target, samples=2, perturbation="translation", seed=1)  # warm-up
     draws = perturbations.parse(args.perturbation).draw(
         args.samples, (args.size,) * 3, source[1][:3, :3], np.random.default_rng(0)).sample_order()
@@ -209,7 +211,8 @@ def main() -> None:
     other = wall - inference
 
     print(f"# engine benchmark: {args.size}^3, K={args.samples}, perturbation={args.perturbation}, "
-          f"threads={threads}, batch={res.summary['parameters']['batch']}")
+          f"threads={threads}, batch={res.summary['parameters']['batch']}, "
+          f"backend={res.summary['backend']['backend']}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}; load average at start {load0[0]:.1f}, now {os.getloadavg()[0]:.1f}")
     print()
