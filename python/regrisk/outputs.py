@@ -55,8 +55,34 @@ def _holds(folder: Path, path: str | os.PathLike[str]) -> bool:
     return any(f == p or f in p.parents for f in _forms(folder) for p in _forms(path))
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, change time) of ``path`` itself, None when nothing is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
 def check_replaceable(out: Path, protect: Iterable[str | os.PathLike[str]] = ()) -> None:
-    """OutputError unless the existing folder ``out`` may be replaced."""
+    """OutputError unless the folder at ``out`` may be replaced (nothing there: nothing to
+    check). A folder that another run replaces while it is being checked is checked again."""
+    protect = list(protect)
+    for _ in range(_ATTEMPTS):
+        before = _identity(out)
+        if before is None:
+            return
+        try:
+            _check_once(out, protect)
+            return
+        except OutputError:
+            if _identity(out) == before:  # the same folder throughout: a real refusal
+                raise
+    raise OutputError(f"output {out}: kept changing while being checked (another run writing "
+                      "the same folder?)")
+
+
+def _check_once(out: Path, protect: list[str | os.PathLike[str]]) -> None:
     if out.is_symlink():
         raise OutputError(f"output {out}: is a symbolic link; give the folder itself")
     for path in protect:  # a name that is no file (the model "default") holds nothing to lose
