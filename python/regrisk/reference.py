@@ -150,26 +150,27 @@ def bspline_field(control: np.ndarray, shape: Any) -> np.ndarray:
 _UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # xx, xy, xz, yy, yz, zz
 
 
-def covariance_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
-    """Reference of kernels.covariance_sigma: sqrt(tr(M C M^T)) with C rebuilt as a full
-    symmetric 3x3 per voxel from its six terms."""
+def _full_covariance(cov6: np.ndarray) -> np.ndarray:
+    """(3, 3, ...) symmetric float64 covariance from its six terms (xx, xy, xz, yy, yz, zz)."""
     c6 = np.asarray(cov6, dtype=np.float64)
     cov = np.empty((3, 3) + c6.shape[1:])
     for k, (r, c) in enumerate(_UPPER):
         cov[r, c] = cov[c, r] = c6[k]
+    return cov
+
+
+def covariance_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
+    """Reference of kernels.covariance_sigma: sqrt(tr(M C M^T)) with C rebuilt as a full
+    symmetric 3x3 per voxel from its six terms."""
     m = np.asarray(M, dtype=np.float64)
-    trace = np.einsum("ri,ij...,rj->...", m, cov, m)
+    trace = np.einsum("ri,ij...,rj->...", m, _full_covariance(cov6), m)
     return np.sqrt(np.maximum(trace, 0)).astype(np.float32)
 
 
 def covariance_axis_sigma(cov6: np.ndarray, M: Any) -> np.ndarray:
     """Reference of kernels.covariance_axis_sigma: sqrt((M C M^T)_rr) for each row r of M."""
-    c6 = np.asarray(cov6, dtype=np.float64)
-    cov = np.empty((3, 3) + c6.shape[1:])
-    for k, (r, c) in enumerate(_UPPER):
-        cov[r, c] = cov[c, r] = c6[k]
     m = np.asarray(M, dtype=np.float64)
-    diag = np.einsum("ri,ij...,rj->r...", m, cov, m)
+    diag = np.einsum("ri,ij...,rj->r...", m, _full_covariance(cov6), m)
     return np.sqrt(np.maximum(diag, 0)).astype(np.float32)
 
 
