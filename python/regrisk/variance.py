@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from . import limits
 from .arrays import array_module, to_numpy
 from .errors import InputError
 
@@ -161,18 +162,13 @@ class SamplePlan:
 
 def sample_plan(samples: Any, precision: Any = None, max_samples: Any = None) -> SamplePlan:
     """Validate the user's sample settings (InputError naming the bad one)."""
-    def count(value: Any, name: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise InputError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
-        return int(value)
-
     if isinstance(samples, str) and samples.strip().lower() == "auto":
         p = DEFAULT_PRECISION if precision is None else precision
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
             raise InputError(f"precision must be a number in (0, 1), got {p!r}")
-        most = DEFAULT_MAX_SAMPLES if max_samples is None else count(
-            max_samples, "max_samples", 4, 100_000)
+        most = DEFAULT_MAX_SAMPLES if max_samples is None else limits.integer(
+            max_samples, "max_samples", 4, limits.MAX_SAMPLES)
         return SamplePlan(None, float(p), most)
     if precision is not None or max_samples is not None:
         raise InputError("precision and max_samples go with samples='auto' (--samples auto)")
-    return SamplePlan(count(samples, "samples", 2, 100_000))
+    return SamplePlan(limits.integer(samples, "samples", 2, limits.MAX_SAMPLES))

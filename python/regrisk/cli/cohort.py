@@ -7,7 +7,7 @@ import sys
 
 from .estimate import (add_calibration_options, add_estimate_options, estimate_options,
                        estimator_options)
-from .options import add_run_options, check_run_options, show_progress, tune_allocator
+from .options import add_run_options, show_progress, tune_allocator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +53,6 @@ def _settings(args: argparse.Namespace):  # -> EstimateSettings
 def _check(args: argparse.Namespace) -> None:
     from ..errors import InputError
 
-    check_run_options(args)
     if args.batch is not None and args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
     if args.workers is not None and args.workers < 1:

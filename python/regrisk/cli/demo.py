@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (add_run_options, add_sample_options, check_run_options, show_progress,
+from .options import (add_run_options, add_sample_options, show_progress,
                       tune_allocator)
 
 
@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    check_run_options(args)
     tune_allocator()
     res = run_demo(args.out, samples=args.samples, seed=args.seed, threads=args.threads,
                    overwrite=args.overwrite, progress=show_progress(args))

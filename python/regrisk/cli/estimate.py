@@ -7,7 +7,7 @@ import re
 
 from ..errors import BudgetError
 from .options import (add_backend_options, add_run_options, add_sample_options, backend_choice,
-                      check_run_options, show_progress, tune_allocator)
+                      show_progress, tune_allocator)
 
 
 def _bytes(text: str) -> int:
@@ -110,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration.apply import annotate
     from ..engine import Estimator
 
-    check_run_options(args)
     if args.batch is not None and args.batch < 1:
         raise BudgetError(f"--batch must be >= 1, got {args.batch}")
     # refuse before any computation; --overwrite never replaces a folder holding an input

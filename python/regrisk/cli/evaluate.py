@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from .options import add_run_options, add_sample_options, check_run_options, tune_allocator
+from .options import add_run_options, add_sample_options, tune_allocator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +65,6 @@ def _split(text: str, sep: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.protocol import EvaluationConfig, evaluate
 
-    check_run_options(args)
     kinds = _split(args.ground_truth, ",")
     if not kinds:
         raise InputError("--ground-truth is empty")

@@ -48,14 +48,6 @@ def add_run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def check_run_options(args: argparse.Namespace) -> None:
-    """InputError for a sample count or thread count no run can use."""
-    if args.samples != "auto" and args.samples < 2:
-        raise InputError(f"--samples must be >= 2 (a spread needs two), got {args.samples}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-
-
 # What --backend may force (registered plug-ins and callables are for the Python API).
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt", "onnxruntime-cuda")
 PRECISIONS = ("f32", "bf16", "f16")
