@@ -626,37 +626,66 @@ def test_sigterm_and_sighup_stop_a_run_within_about_a_batch(ws, signum):
     assert snapshot(ws) == before  # no output folder, no temporary folder
 
 
-def test_a_signal_while_saving_leaves_the_previous_result_and_no_temp_folder(tmp_path):
-    from regrisk import io, signals
-
-    out = tmp_path / "out"
-    with io.OutputFolder(out) as tmp:
-        (tmp / "summary.json").write_text('{"regrisk": "estimate"}')
-    before = snapshot(tmp_path)
+# The two tests below signal their own process. They run it in a fresh interpreter: a process
+# that earlier tests filled with native runtimes (Ray's driver sets up its own alternate signal
+# stack) can fault on a signal sent to itself for reasons that are not regrisk's.
+_SIGNAL_WHILE_SAVING = """import json, os, signal, sys, time
+from pathlib import Path
+from regrisk import io, signals
+out = Path(sys.argv[1]) / "out"
+with io.OutputFolder(out) as tmp:
+    (tmp / "summary.json").write_text('{"regrisk": "estimate"}')
+try:
     with signals.handled():
-        with pytest.raises(signals.Interrupted) as stopped:
-            with io.OutputFolder(out, overwrite=True) as tmp:
-                (tmp / "half.nii.gz").write_bytes(b"\x1f\x8b")
-                os.kill(os.getpid(), signal.SIGTERM)
-                for _ in range(100):  # the handler raises between two steps, as between batches
-                    time.sleep(0.01)
-    assert stopped.value.signum == signal.SIGTERM
-    assert snapshot(tmp_path) == before
+        with io.OutputFolder(out, overwrite=True) as tmp:
+            (tmp / "half.nii.gz").write_bytes(b"\\x1f\\x8b")
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler raises between two steps, as between batches
+                time.sleep(0.01)
+    print(json.dumps({"raised": None}))
+except signals.Interrupted as stopped:
+    print(json.dumps({"raised": stopped.signum}))
+"""
+
+_SIGNAL_IN_DEFERRED_STEP = """import json, os, signal, time
+from regrisk import signals
+finished, raised = [], None
+try:
+    with signals.handled():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(20):
+                time.sleep(0.01)
+            finished.append(True)
+except signals.Interrupted as stopped:
+    raised = stopped.signum
+print(json.dumps({"finished": finished, "raised": raised,
+                  "restored": signal.getsignal(signal.SIGHUP) is signal.SIG_DFL}))
+"""
+
+
+def _python(code: str, *args: str) -> dict:
+    import json
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_signal_while_saving_leaves_the_previous_result_and_no_temp_folder(tmp_path):
+    result = _python(_SIGNAL_WHILE_SAVING, str(tmp_path))
+    assert result == {"raised": signal.SIGTERM}
+    # the previous result whole, the half-written one gone, no temporary folder beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.json"]
+    assert (tmp_path / "out" / "summary.json").read_text() == '{"regrisk": "estimate"}'
 
 
 def test_a_signal_inside_a_deferred_step_is_raised_when_the_step_ends():
-    from regrisk import signals
-
-    finished = []
-    with signals.handled():
-        with pytest.raises(signals.Interrupted) as stopped:
-            with signals.deferred():
-                os.kill(os.getpid(), signal.SIGHUP)
-                for _ in range(20):
-                    time.sleep(0.01)
-                finished.append(True)
-    assert finished == [True] and stopped.value.signum == signal.SIGHUP
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored
+    result = _python(_SIGNAL_IN_DEFERRED_STEP)
+    assert result == {"finished": [True], "raised": signal.SIGHUP, "restored": True}
 
 
 _RACER = """import sys

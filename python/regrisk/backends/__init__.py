@@ -106,8 +106,8 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
 }
 
 # What a device uses when no backend name is given: the first that `unavailable` clears and
-# that loads the graph, in the order `choice.order` puts them for the graph (OpenVINO first for
-# convolution networks; ONNX Runtime first for graphs that warp inside, 5-D GridSample).
+# that loads the graph, in the order `choice.order` puts them for the graph (OpenVINO first,
+# staged for graphs that warp inside; ONNX Runtime when OpenVINO cannot take the graph).
 _DEFAULTS: dict[str, tuple[str, ...]] = {
     "cpu": ("openvino", "onnxruntime"),
     "cuda": ("onnxruntime-cuda", "tensorrt", "torch"),

@@ -9,13 +9,23 @@ whose GridSamples are rewritten as gathers (``backends.gridsample``).
 options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds one; arrays still
 cross as NumPy), ``precision`` ("f32" default; "bf16" or "f16" opt in: OpenVINO's inference
 precision hint), ``gridsample`` ("staged" default, or "rewrite"), ``cache_dir`` (OpenVINO's
-compiled-model cache; none by default).
+compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
+``$XDG_CACHE_HOME/regrisk/openvino``, else ``~/.cache/regrisk/openvino``; ``""`` turns it off).
+The cache only shortens compilation (the staged default model: 11 s -> 4.5 s at the second
+run); a folder that cannot be made leaves it off.
+
+A staged graph runs one image at a time: each batch size is a compilation of every stage
+(63 for the default model, ~6 s), and the engine's micro-batches (4, then the remainder) would
+compile two or three times for a per-pass gain of about 10%.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -78,8 +88,9 @@ class OpenVinoBackend(Backend):
         if self.gridsample_mode not in GRIDSAMPLE:
             raise ModelError(f"openvino: gridsample {self.gridsample_mode!r}; use staged or rewrite")
         self.core = ov.Core()
-        if options.get("cache_dir"):
-            self.core.set_property({"CACHE_DIR": str(options["cache_dir"])})
+        self.cache_dir = compile_cache(options.get("cache_dir"))
+        if self.cache_dir:
+            self.core.set_property({"CACHE_DIR": self.cache_dir})
         if self.target not in self.core.available_devices:
             raise ModelError(f"openvino: device {self.target!r} not found; OpenVINO sees "
                              f"{', '.join(self.core.available_devices) or 'none'}")
@@ -153,8 +164,14 @@ class OpenVinoBackend(Backend):
     def run(self, feeds: Mapping[str, Array]) -> Array:
         check_feeds(self.name, self.input_names, feeds)
         feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names}
-        model = self._model(int(feeds[self.input_names[0]].shape[0]))
-        if model is self.staged:
+        batch = int(feeds[self.input_names[0]].shape[0])
+        per_image = self.staged is not None and self.fixed_batch is None
+        model = self._model(1 if per_image else batch)
+        if per_image:  # one image at a time: one compilation serves every batch
+            out = np.concatenate([self.staged.run({n: a[b:b + 1] for n, a in feeds.items()},
+                                                  [self.output_name])[self.output_name]
+                                  for b in range(batch)])
+        elif model is self.staged:
             out = self.staged.run(feeds, [self.output_name])[self.output_name]
         else:
             out = model(feeds)[self.output_name]
@@ -167,6 +184,7 @@ class OpenVinoBackend(Backend):
             "backend": self.name, "device": self.device, "openvino_device": self.target,
             "precision": self.precision, "threads": self.threads,
             "openvino": ov.get_version().split("-")[0], "fixed_batch": self.fixed_batch,
+            "cache_dir": self.cache_dir or None,
             "compiled_batches": sorted(self._models)}
         pool = list(self._models.values()) + list(self.staged.compiled if self.staged else [])
         compiled = next((m for m in pool if isinstance(m, _Compiled)), None)
@@ -181,6 +199,24 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self._models.clear()
         self.staged = None
+
+
+def compile_cache(option: Any) -> str:
+    """The compiled-model cache folder ('' for none): ``option`` if given ('' or False: none),
+    else the user's cache folder, made if missing; '' when it cannot be made."""
+    if option is not None and not option:
+        return ""
+    if option:
+        folder = Path(option)
+    else:
+        root = os.environ.get("REGRISK_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "regrisk")
+        folder = Path(root) / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: compile every time rather than fail
+        return ""
+    return str(folder) if os.access(folder, os.W_OK) else ""
 
 
 def _reason(exc: BaseException) -> str:
