@@ -126,16 +126,21 @@ def make_pair(grid: tuple[int, int, int], spacing: tuple[float, float, float], s
 
 def contenders(case: Case) -> list[tuple[str, str, dict]]:
     """(label, backend name, backend options) for every installed backend of this case."""
+    import onnx
+
     from regrisk.backends import unavailable
-    from regrisk.backends.choice import holds_gridsample
-    from regrisk.backends import ModelSource
+    from regrisk.backends.gridsample import five_d_gridsamples
 
     out = [("onnxruntime", "onnxruntime", {})]
     if unavailable("openvino") is None:
-        warps = holds_gridsample(ModelSource(path=Path(case.path)))
+        import openvino as ov
+
+        warps = bool(five_d_gridsamples(onnx.load(case.path, load_external_data=False)))
         mode = " staged" if warps else ""
-        out += [(f"openvino f32{mode}", "openvino", {}),
-                (f"openvino bf16{mode}", "openvino", {"precision": "bf16"})]
+        out.append((f"openvino f32{mode}", "openvino", {}))
+        # a CPU without bf16 runs f32 whatever the hint says: no contender of its own there
+        if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            out.append((f"openvino bf16{mode}", "openvino", {"precision": "bf16"}))
         if warps:
             out.append(("openvino f32 rewrite", "openvino", {"gridsample": "rewrite"}))
     if case.module is not None:
