@@ -56,7 +56,7 @@ def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[Cas
     return res
 
 
-def _load(folder: str) -> list[CaseRecord]:
+def load_records(folder: str) -> list[CaseRecord]:
     return [CaseRecord.load(p) for p in sorted(glob.glob(os.path.join(folder, "case_*.npz")))]
 
 
@@ -69,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--test-records", default=None,
                     help="folder of fresh held-out cases (benchmarks/calibration_heldout.py)")
     args = ap.parse_args(argv)
-    records = _load(args.records)[:args.limit]
+    records = load_records(args.records)[:args.limit]
     results = {"own split (held-out deformations)": evaluate_split(
         records, None, args.coverage, args.threshold)}
     if args.test_records:  # the shipped calibration's model, on fresh cases
         results["fresh cases (another seed, translation_mid outside the mix)"] = evaluate_split(
-            records, _load(args.test_records), args.coverage, args.threshold)
+            records, load_records(args.test_records), args.coverage, args.threshold)
     for img in sorted({r.image for r in records}):
         train = [r for r in records if r.image != img]
         test = [r for r in records if r.image == img]

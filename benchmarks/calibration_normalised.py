@@ -16,8 +16,6 @@ benchmarks/calibration_heldout.py.)
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,11 +25,9 @@ from regrisk.calibration import build
 from regrisk.calibration import model as error_model
 from regrisk.calibration.cases import CaseRecord
 
+from calibration_floors import load_records  # noqa: E402  (benchmarks/, the script's folder)
+
 COVERAGE = 0.9
-
-
-def _records(folder: str) -> list[CaseRecord]:
-    return [CaseRecord.load(p) for p in sorted(glob.glob(os.path.join(folder, "case_*.npz")))]
 
 
 def _log_error(y: np.ndarray) -> np.ndarray:
@@ -76,7 +72,7 @@ def main() -> None:
     ap.add_argument("records", help="folder of case_NNN.npz from regrisk calibrate --cache")
     ap.add_argument("--fresh", default=None, help="folder of fresh held-out case records")
     args = ap.parse_args()
-    records = _records(args.records)
+    records = load_records(args.records)
     m, _, parts = build.fit(records, COVERAGE)
     spread = fit_spread(m, [records[i] for i in parts["fit"]])
     xc, yc = _design([records[i] for i in parts["conformal"]])
@@ -85,7 +81,7 @@ def main() -> None:
     held = [records[i] for i in parts["test"]]
     table("own split (held-out deformations)", held, m, spread, q)
     if args.fresh:
-        table("fresh cases (another seed)", _records(args.fresh), m, spread, q)
+        table("fresh cases (another seed)", load_records(args.fresh), m, spread, q)
 
 
 if __name__ == "__main__":

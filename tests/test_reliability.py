@@ -119,10 +119,15 @@ class Run:
     peak_bytes: int  # the child's own peak resident memory (getrusage via wait4)
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a child Python that imports this regrisk."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
 def run_cli(cwd: Path, *args: str, prelude: str = "") -> Run:
     """``regrisk ARGS`` in a child process started in ``cwd``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = child_env()
     with tempfile.TemporaryDirectory() as scratch:
         rss = Path(scratch) / "maxrss"
         child = subprocess.run([sys.executable, "-c", _LAUNCH, str(rss),
@@ -608,7 +613,7 @@ def test_sigterm_and_sighup_stop_a_run_within_about_a_batch(ws, signum):
     """20000 samples would take minutes; the signal must end the run in seconds, with one
     line, 128 + the signal's number, and nothing written."""
     before = snapshot(ws)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-c", _CHILD.format(prelude=""),
                               *estimate("--backend", "onnxruntime", samples="20000")],
                              cwd=ws, env=env,
@@ -667,7 +672,7 @@ print(json.dumps({"finished": finished, "raised": raised,
 def _python(code: str, *args: str) -> dict:
     import json
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
@@ -703,7 +708,7 @@ def test_two_overwrite_runs_racing_both_finish_and_strand_nothing(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text('{"regrisk": "estimate"}')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(out), tag], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for tag in ("a", "b")]
@@ -734,7 +739,7 @@ print(repr(captured.text))
 
 
 def test_third_party_output_is_captured_and_regrisk_s_own_stderr_is_not(originals):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     run = subprocess.run([sys.executable, "-c", _NOISY, str(originals / "m.onnx")],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr

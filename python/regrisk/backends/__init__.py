@@ -106,8 +106,8 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
 }
 
 # What a device uses when no backend name is given: the first that `unavailable` clears and
-# that loads the graph, in the order `choice.order` puts them for the graph (OpenVINO first,
-# staged for graphs that warp inside; ONNX Runtime when OpenVINO cannot take the graph).
+# that loads the graph, in this order for every graph (`backends/choice.py` says why: OpenVINO
+# first, staged for graphs that warp inside; ONNX Runtime when OpenVINO cannot take the graph).
 _DEFAULTS: dict[str, tuple[str, ...]] = {
     "cpu": ("openvino", "onnxruntime"),
     "cuda": ("onnxruntime-cuda", "tensorrt", "torch"),
@@ -197,10 +197,8 @@ def _first_that_loads(model: ModelSource, card: ModelCard, device: str, threads:
     """The device's first default backend that is installed and loads the graph. One that
     cannot take the graph (OpenVINO without an op) is skipped, its reason kept in the chosen
     backend's ``skipped``; the last candidate's own error is raised as it is."""
-    from .choice import order
-
     failures, skipped = [], {}
-    candidates = order(model, device, _DEFAULTS[device])
+    candidates = _DEFAULTS[device]
     for i, candidate in enumerate(candidates):
         why = unavailable(candidate, device)
         if why is not None:

@@ -5,18 +5,13 @@ U-Net, VoxelMorph). A graph that warps inside (5-D GridSample: the default model
 demons warps, uniGradICON's cascade) has no such op in OpenVINO and runs there in stages, the
 warps by regrisk's kernel; measured end to end on the default model (K = 50, cold compile
 cache included) that is still faster than ONNX Runtime running the graph whole, so OpenVINO
-comes first for every graph. ONNX Runtime is the fallback when OpenVINO cannot take one.
+comes first for every graph (``backends._DEFAULTS``). ONNX Runtime is the fallback when
+OpenVINO cannot take one.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-
-def order(model: Any, device: str, candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """``candidates`` (the device's defaults) in the order to try for this graph: the same for
-    every kind of graph today (see the module docstring); kept as the one place to decide."""
-    return candidates
 
 
 def cpu_report(default_model: Any = None) -> dict[str, Any]:
@@ -30,7 +25,6 @@ def cpu_report(default_model: Any = None) -> dict[str, Any]:
         "convolution graphs": list(usable),
         "graphs with 5-D GridSample": [f"{n} (staged)" if n == "openvino" else n for n in usable],
     }
-    if default_model is not None:
-        chosen = order(default_model, "cpu", usable)
-        report["default model"] = chosen[0] if chosen else None
+    if default_model is not None:  # the same order for every graph: the first usable one
+        report["default model"] = usable[0] if usable else None
     return report

@@ -21,11 +21,10 @@ compile two or three times for a per-pass gain of about 10%.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
