@@ -1,16 +1,15 @@
 """Variance reduction: how close a K-sample map gets to a long reference, per estimator.
 
 For each case (the packaged pair, and the evaluation protocol's known-transform cases built
-from it) this script runs the default model once per (design, K, seed), and from each run's
-covariance takes the map unpooled and pooled with each FWHM, so pooled and unpooled maps of a
-design share their draws. It prints, per estimator and K: the Spearman agreement (over the
-case's foreground) with a K = 200 plain i.i.d. reference map of other draws, the split-half
-precision the run estimated for itself, and where the truth is known the Spearman and nAURC of
-the map against the true error. Agreement and correlation are not timings: the load of the
-machine does not change them.
+from it) this script runs the default model once per (estimator, K, seed) through the public
+``Estimator.estimate`` (``paper`` mixture, threads 2), and prints, per estimator and K: the
+Spearman agreement (over the case's foreground) with a K = 200 plain i.i.d. reference map of
+other draws (seed 10000), the split-half precision the run estimated for itself, and where the
+truth is known the Spearman and nAURC of the map against the true error, each averaged over the
+seeds. Agreement and correlation are not timings: the load of the machine does not change them.
 
-    python benchmarks/variance_reduction.py [--cases pair affine nonlinear] [--seeds 2]
-        [--samples 8 16 32 50] [--pools 0 2 4] [--reference 200] [--json out.json]
+    python benchmarks/variance_reduction.py [--cases pair affine nonlinear] [--seeds 3]
+        [--samples 8 16 32 50] [--estimators none neyman ...] [--reference 200] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,11 +24,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from regrisk import Estimator, perturbations
+from regrisk import Estimator
 from regrisk.evaluation import metrics, protocol
-from regrisk.sampler import Sampler
-from regrisk.statistics import SampleStatistics
-from regrisk.variance import SamplePlan, pool_covariance, precision_region, split_half_precision
 
 
 def cases(names: list[str]) -> list[dict[str, Any]]:
@@ -53,22 +49,11 @@ def cases(names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def run_maps(est: Estimator, pair: Any, clock: Any, design: str, K: int, seed: int,
-             pools: list[float]) -> dict[float, tuple[np.ndarray, dict]]:
-    """Native sigma map and split-half precision for each pooling FWHM, from one run."""
-    M = pair.grid_to_mm
-    stats = SampleStatistics(pair.grid, pair.S, pair.xp, ops=est.ops)
-    pert = perturbations.parse("paper")
-    Sampler(est.runner, est.ops, pair, stats, 4, 1, clock).run(
-        pert, SamplePlan(K), design, np.random.default_rng(seed), False)
-    region = precision_region(pair.T)
-    out = {}
-    for pool in pools:
-        stats.pool_mm = pool
-        sigma = stats.sigma_of(stats.all, M)
-        prec = split_half_precision(*(stats.sigma_of(h, M) for h in stats.halves), region)
-        out[pool] = (np.asarray(pair.to_native(sigma)), prec)
-    return out
+def run_map(est: Estimator, c: dict[str, Any], spec: str, K: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Native sigma map and the run's sampling summary for one estimator spec."""
+    res = est.estimate(c["source"], c["target"], samples=K, seed=seed, perturbation="paper",
+                       variance_reduction=spec)
+    return np.asarray(res.uncertainty), res.summary["sampling"]
 
 
 def agreement(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
@@ -78,10 +63,10 @@ def agreement(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["pair", "affine", "nonlinear"])
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32, 50])
-    ap.add_argument("--pools", type=float, nargs="+", default=[0.0, 2.0, 4.0])
-    ap.add_argument("--designs", nargs="+", default=["iid", "stratified"])
+    ap.add_argument("--estimators", nargs="+",
+                    default=["none", "neyman", "neyman+pooled(4mm)", "stratified"])
     ap.add_argument("--reference", type=int, default=200)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -89,25 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     est = Estimator("default", threads=2)
     for c in cases(args.cases):
         t0 = time.perf_counter()
-        pair, clock = est._prepare(c["source"], c["target"])
-        ref = run_maps(est, pair, clock, "iid", args.reference, 10_000, [0.0])[0.0][0]
+        ref = run_map(est, c, "none", args.reference, 10_000)[0]
         error = None
         if c["case"] is not None:
             pred = est.predict(c["source"], c["target"]).displacement
             error = protocol.true_error(c["case"], pred)
-        for design in args.designs:
+        for spec in args.estimators:
             for K in args.samples:
                 for seed in range(args.seeds):
-                    for pool, (sigma, prec) in run_maps(est, pair, clock, design, K, seed,
-                                                        args.pools).items():
-                        row = {"case": c["name"], "design": design, "pool_mm": pool, "K": K,
-                               "seed": seed, "agreement": agreement(sigma, ref, c["region"]),
-                               "precision": prec["precision"]}
-                        if error is not None:
-                            s = metrics.score(error[c["region"]], sigma[c["region"]])
-                            row.update(spearman_error=s.spearman, naurc=s.naurc)
-                        rows.append(row)
-        print(f"# {c['name']}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                    sigma, sampling = run_map(est, c, spec, K, seed)
+                    row = {"case": c["name"], "estimator": spec, "K": K, "seed": seed,
+                           "agreement": agreement(sigma, ref, c["region"]),
+                           "precision": (sampling["precision"] or {}).get("precision", float("nan")),
+                           "family_samples": sampling.get("family_samples")}
+                    if error is not None:
+                        s = metrics.score(error[c["region"]], sigma[c["region"]])
+                        row.update(spearman_error=s.spearman, naurc=s.naurc)
+                    rows.append(row)
+            print(f"# {c['name']} {spec}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+                  flush=True)
     print_table(rows, args)
     if args.json:
         with open(args.json, "w") as fh:
@@ -116,21 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"| case | estimator | " + " | ".join(f"K={k}" for k in args.samples) + " |")
+    print("| case | estimator | " + " | ".join(f"K={k}" for k in args.samples) + " |")
     print("|---|---|" + "---:|" * len(args.samples))
     for case in dict.fromkeys(r["case"] for r in rows):
-        for design in args.designs:
-            for pool in args.pools:
-                cells = []
-                for K in args.samples:
-                    sel = [r for r in rows if r["case"] == case and r["design"] == design
-                           and r["pool_mm"] == pool and r["K"] == K]
-                    cell = f"{np.mean([r['agreement'] for r in sel]):.3f} (p {np.mean([r['precision'] for r in sel]):.2f}"
-                    if "spearman_error" in sel[0]:
-                        cell += f"; rho {np.mean([r['spearman_error'] for r in sel]):.2f}, nAURC {np.mean([r['naurc'] for r in sel]):.2f}"
-                    cells.append(cell + ")")
-                name = design + (f"+pooled({pool:g}mm)" if pool else "")
-                print(f"| {case} | {name} | " + " | ".join(cells) + " |")
+        for spec in args.estimators:
+            cells = []
+            for K in args.samples:
+                sel = [r for r in rows if r["case"] == case and r["estimator"] == spec
+                       and r["K"] == K]
+                cell = (f"{np.mean([r['agreement'] for r in sel]):.3f} "
+                        f"(p {np.mean([r['precision'] for r in sel]):.2f}")
+                if "spearman_error" in sel[0]:
+                    cell += (f"; rho {np.mean([r['spearman_error'] for r in sel]):.2f}, "
+                             f"nAURC {np.mean([r['naurc'] for r in sel]):.2f}")
+                cells.append(cell + ")")
+            print(f"| {case} | {spec} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,72 @@ def test_auto_stops_where_it_says_and_never_exceeds_max_samples():
     assert s["samples"] < 400 and (s["samples"] - 16) % 8 == 0  # whole rounds: 16, then 8s
 
 
+def test_neyman_is_unbiased_on_a_known_mixture_and_spends_its_passes_on_the_spread(pair):
+    """scale + translation on the centre-of-mass model: translations compose back exactly
+    (no spread) and both families have the same mean, so the mixture variance is half the
+    scale family's, Var(s) |M(x - c)|^2 / 2. Neyman draws the pilot (2 each) and gives the
+    scale family every later draw; its average over seeds matches the truth (the plain
+    estimator's K/(K-1)-free bound, as the stratified test), the summary says how it drew."""
+    S, T = pair
+    K = 10
+    est = Estimator(com_callable)
+    r2 = _radius2(T)
+    v = (14, 16, 17)
+    ratios = []
+    for seed in range(24):
+        res = est.estimate((S, AFF), (T, AFF), samples=K, seed=seed, variance_reduction="neyman",
+                           perturbation="scale+translation(max=1)")
+        ratios.append(res.grid_uncertainty[v] ** 2 / r2[v])
+        assert res.summary["sampling"]["family_samples"] == {"scale": 8, "translation": 2}
+        assert res.summary["sampling"]["variance_reduction"]["allocation"] == "neyman"
+    true_var = 0.2 ** 2 / 12 / 2
+    # 24 seeds of an 8-sample variance of a uniform law: relative standard error ~0.07
+    assert abs(np.mean(ratios) / true_var - 1) < 0.15
+
+
+def test_neyman_precision_tracks_how_well_two_independent_maps_agree():
+    """As the split-half test above, for Neyman allocation on a two-family mixture whose
+    families' spreads differ (its halves are rebuilt from per-family halves)."""
+    g = np.random.default_rng(0)
+    shape = (24, 24, 24)
+    S = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
+    T = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
+    est = Estimator(_smooth_model)
+    rows = []
+    for K in (12, 32):
+        maps, rel = [], []
+        for seed in range(4):
+            res = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples=K, seed=seed,
+                               variance_reduction="neyman",
+                               perturbation="bspline(count=6,max=2)+translation(max=0.3)")
+            maps.append(res.grid_uncertainty.ravel())
+            rel.append(res.summary["sampling"]["precision"]["reliability"])
+        measured = [spearmanr(a, b).statistic for i, a in enumerate(maps) for b in maps[i + 1:]]
+        rows.append((K, round(float(np.mean(rel)), 3), round(float(np.mean(measured)), 3)))
+    assert max(abs(e - m) for _, e, m in rows) < 0.15, rows
+
+
+def test_auto_with_neyman_stops_where_it_says_and_never_exceeds_max_samples():
+    g = np.random.default_rng(1)
+    S = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
+    T = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
+    est = Estimator(_smooth_model)
+    kw = dict(perturbation="bspline(count=5,max=2)+scale", samples="auto",
+              variance_reduction="neyman")
+    capped = est.estimate((S, np.eye(4)), (T, np.eye(4)), precision=0.999, max_samples=40, **kw)
+    s = capped.summary["sampling"]
+    assert s["samples"] == 40 and s["stopped"] == "max samples reached"
+    assert sum(s["family_samples"].values()) == 40
+    easy = est.estimate((S, np.eye(4)), (T, np.eye(4)), precision=0.6, max_samples=400, **kw)
+    s = easy.summary["sampling"]
+    assert s["stopped"] == "precision reached" and s["precision"]["precision"] >= 0.6
+    assert s["samples"] < 400 and (s["samples"] - 16) % 8 == 0
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"variance_reduction": "neyman", "samples": 3}, "2 samples per family"),
+    ({"variance_reduction": "neyman", "perturbation": "scale+scale"}, "distinct families"),
+    ({"variance_reduction": "neyman", "passes": 2}, "one pass per perturbation"),
     ({"variance_reduction": "wiggle"}, "cannot parse"),
     ({"variance_reduction": "pooled(0mm)"}, "FWHM"),
     ({"variance_reduction": "stratified", "sobol": True}, "pick one"),
@@ -158,7 +223,12 @@ def test_bad_settings_are_input_errors(pair, kwargs, match):
 
 def test_names_and_plans():
     assert parse("stratified+pooled(3mm)").to_dict() == {
-        "name": "stratified+pooled(3mm)", "design": "stratified", "pool_fwhm_mm": 3.0}
+        "name": "stratified+pooled(3mm)", "design": "stratified", "pool_fwhm_mm": 3.0,
+        "allocation": "proportional", "control_variate": False}
+    assert parse("pooled(3mm)+neyman").to_dict() == {
+        "name": "neyman+pooled(3mm)", "design": "iid", "pool_fwhm_mm": 3.0,
+        "allocation": "neyman", "control_variate": False}
+    assert parse("control+neyman").name == "neyman+control"
     assert parse("none").name == "none"
     assert sample_plan(50).rounds(4) == [50]
     assert sample_plan("auto", max_samples=44).rounds(4) == [16, 8, 8, 8, 4]

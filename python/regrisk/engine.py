@@ -25,7 +25,7 @@ from . import (io, jacobian, kernels, limits, memory, model_loading, perturbatio
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
-from .errors import BudgetError, ModelError
+from .errors import BudgetError, InputError, ModelError
 from .memory import DEFAULT_ACTIVATION_FLOATS, keep_freed_memory  # noqa: F401 (public names)
 from .pair import PreparedPair, prepare_pair
 from .provenance import versions  # noqa: F401 (public name)
@@ -121,7 +121,7 @@ class Estimator:
     def estimate(self, source: Any, target: Any, samples: int | str = 50,
                  perturbation: Any = "paper", seed: int | None = 0, sobol: bool = False,
                  progress: bool = False, passes: int = 1, per_family: bool = False,
-                 variance_reduction: Any = "none", precision: float | None = None,
+                 variance_reduction: Any = None, precision: float | None = None,
                  max_samples: int | None = None) -> EstimateResult:
         """Per-voxel uncertainty of the network's prediction for ``source`` -> ``target``.
 
@@ -132,24 +132,37 @@ class Estimator:
         draws. passes: M stochastic passes per perturbation (nested design for stochastic
         models: also returns the intrinsic and bias-jitter maps). per_family: also one sigma map
         per perturbation family of a mixture (the paper reports one map per family), from the
-        same samples. variance_reduction: ``none`` (the paper's estimator), ``stratified``,
-        ``pooled`` / ``pooled(4mm)`` or a ``+`` combination (see :mod:`regrisk.variance`).
+        same samples. variance_reduction: ``none`` (the paper's estimator, bit for bit),
+        ``neyman``, ``stratified``, ``pooled`` / ``pooled(4mm)`` or a ``+`` combination (see
+        :mod:`regrisk.variance`); None: ``variance.DEFAULT`` (``none`` when K leaves fewer than
+        2 draws per family, or with ``passes`` > 1 or ``sobol``). The summary says which ran.
         """
         plan = variance.sample_plan(samples, precision, max_samples)
         passes = limits.integer(passes, "passes", 1, limits.MAX_PASSES)
         seed = limits.seed(seed)
-        reduction = variance.parse(variance_reduction, sobol)
         pert = perturbations.parse(perturbation)
+        if variance_reduction is None:
+            reduction = (variance.parse("none", sobol) if passes > 1 or sobol else
+                         variance.default_for(plan.most, len(pert.families)))
+        else:
+            reduction = variance.parse(variance_reduction, sobol)
+        if reduction.per_family and plan.most < 2 * len(pert.families):
+            raise InputError(f"{reduction.name} needs 2 samples per family: at least "
+                             f"{2 * len(pert.families)} for {len(pert.families)} families")
         t_start = time.perf_counter()
         pair, clock = self._prepare(source, target)
-        batch = self.plan_batch(pair, plan.most * passes, nested=passes > 1).batch
+        batch = self.plan_batch(pair, plan.most * passes, nested=passes > 1,
+                                accumulators=_accumulators(pert, reduction, per_family)).batch
         u0 = self.runner.infer(pair.S[None, None], pair.T[None, None], clock,  # also warm-up
                                _UNPERTURBED)[0]
         counts = pert.family_counts(plan.rounds(len(pert.families))[0]) if per_family else None
         stats = SampleStatistics(pair.grid, pair.S, pair.xp, passes=passes, family_counts=counts,
-                                 ops=self.ops, pool_mm=reduction.pool_mm)
+                                 ops=self.ops, pool_mm=reduction.pool_mm,
+                                 strata=pert.families if reduction.per_family else None,
+                                 control=reduction.control, grid_to_mm=pair.grid_to_mm)
         outcome = Sampler(self.runner, self.ops, pair, stats, batch, passes, clock).run(
-            pert, plan, reduction.design, np.random.default_rng(seed), progress)
+            pert, plan, reduction.design, np.random.default_rng(seed), progress,
+            neyman=reduction.neyman)
         with clock.stage("finalise"):
             maps = stats.finalise(pair.grid_to_mm)
             _require_finite_maps(maps, pair.xp)
@@ -176,12 +189,14 @@ class Estimator:
         clock.times["load"] = t_load
         return prepare_pair(src_img, tgt_img, card, backend.xp, self.ops, clock), clock
 
-    def plan_batch(self, pair: PreparedPair, work: int, nested: bool) -> memory.BatchPlan:
+    def plan_batch(self, pair: PreparedPair, work: int, nested: bool,
+                   accumulators: int = 3) -> memory.BatchPlan:
         """Samples per network call for ``work`` passes within the memory budget."""
         return memory.plan_batch(
             pair.grid, int(np.prod(pair.tmap.native_shape)), work, device=self.device,
             nested=nested, activation_floats=self.activation_floats, budget=self.memory_budget,
-            batch=self.batch, fixed_batch=self.runner.backend.fixed_batch)  # type: ignore[union-attr]
+            batch=self.batch, fixed_batch=self.runner.backend.fixed_batch,  # type: ignore[union-attr]
+            accumulators=accumulators)
 
     def _world_and_warped(self, pair: PreparedPair, u: Any) -> tuple[Any, Any]:
         world, disp_src = pair.native_fields(u)
@@ -217,6 +232,16 @@ class Estimator:
 
 
 
+def _accumulators(pert: perturbations.Perturbation, reduction: variance.VarianceReduction,
+                  per_family: bool) -> int:
+    """Welford accumulators a run holds (statistics.SampleStatistics)."""
+    families = len(pert.families)
+    if reduction.per_family:  # two halves per family, three accumulators each when controlled
+        dense = sum(isinstance(f, perturbations.BSpline) for f in pert.families) if reduction.control else 0
+        return 2 * families + 4 * dense
+    return 3 + (families if per_family and families > 1 else 0)
+
+
 def _sampling_summary(plan: variance.SamplePlan, reduction: variance.VarianceReduction,
                       outcome: Outcome) -> dict[str, Any]:
     """How many samples ran, why the run stopped, and how precise the map is."""
@@ -224,6 +249,8 @@ def _sampling_summary(plan: variance.SamplePlan, reduction: variance.VarianceRed
                            "samples": outcome.samples, "stopped": outcome.stopped,
                            "variance_reduction": reduction.to_dict(),
                            "precision": outcome.precision}
+    if outcome.family_samples is not None:
+        out["family_samples"] = outcome.family_samples
     if plan.adaptive:
         out.update(target_precision=plan.precision, max_samples=plan.max_samples)
     return out

@@ -21,8 +21,10 @@ DEFAULT_ACTIVATION_FLOATS = 32
 # the images one after the other) and costs cache and memory; GPUs want wide batches.
 MAX_AUTO_BATCH = {"cpu": 4, "cuda": 16}
 
-# Grid-sized arrays held for the whole run, in values per grid voxel.
-RUN_TERMS = {"source_and_target": 2, "welford": 9, "unperturbed_field": 3, "mean_field": 3}
+# Grid-sized arrays held for the whole run, in values per grid voxel (plus WELFORD per
+# accumulator: the plain map and its two halves hold 3, Neyman allocation 2 per family).
+RUN_TERMS = {"source_and_target": 2, "unperturbed_field": 3, "mean_field": 3}
+WELFORD = 9
 # The nested design's extra accumulators (outer Welford, inner Welford, intrinsic sum).
 NESTED_TERMS = {"outer_welford": 9, "inner_welford": 9, "intrinsic_sum": 6}
 # Native-grid outputs (sigma, 3 axes, 2 x 3 displacement fields, warped source, spare).
@@ -67,11 +69,14 @@ def default_budget() -> int:
 
 def plan_batch(grid: tuple[int, ...], native_voxels: int, work: int, *, device: str,
                nested: bool, activation_floats: int, budget: int | None = None,
-               batch: int | None = None, fixed_batch: int | None = None) -> BatchPlan:
+               batch: int | None = None, fixed_batch: int | None = None,
+               accumulators: int = 3) -> BatchPlan:
     """Samples per network call for ``work`` passes within ``budget`` bytes; BudgetError if
-    even the chosen batch is over. ``batch`` forces a size, ``fixed_batch`` is the graph's."""
+    even the chosen batch is over. ``batch`` forces a size, ``fixed_batch`` is the graph's;
+    ``accumulators``: the run's Welford accumulators."""
     N = int(np.prod(grid))
-    held = sum(RUN_TERMS.values()) + (sum(NESTED_TERMS.values()) if nested else 0)
+    held = (sum(RUN_TERMS.values()) + WELFORD * accumulators
+            + (sum(NESTED_TERMS.values()) if nested else 0))
     fixed = F32 * (held * N + NATIVE_VALUES * native_voxels)
     per_sample = F32 * N * (sum(SAMPLE_TERMS.values()) + activation_floats)
     budget = budget or default_budget()

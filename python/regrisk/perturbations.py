@@ -578,6 +578,22 @@ def _stratified(count: int, dims: int, rng: np.random.Generator) -> np.ndarray:
     return (strata + rng.random((count, dims))) / count
 
 
+def _interleaved(counts: "list[int]", n: int, families: int) -> list[np.ndarray]:
+    """Sample numbers of each family when family f draws ``counts[f]``: round-robin over the
+    families that still have draws (equal counts give k -> family k mod len)."""
+    if len(counts) != families or sum(counts) != n or min(counts) < 0:
+        raise PerturbationError(f"perturbation: draws per family {list(counts)} are not "
+                                f"{families} counts summing to {n}")
+    out: list[list[int]] = [[] for _ in counts]
+    k = 0
+    for r in range(max(counts)):
+        for f, c in enumerate(counts):
+            if r < c:
+                out[f].append(k)
+                k += 1
+    return [np.asarray(o, dtype=np.int64) for o in out]
+
+
 def _uniform(count: int, dims: int, rng: np.random.Generator, design: str) -> np.ndarray:
     """(count, dims) numbers in [0, 1) by design: i.i.d., scrambled Sobol or stratified."""
     if design == "iid":
@@ -603,25 +619,29 @@ class Perturbation:
     spec: str = ""
 
     def draw(self, n: int, shape: tuple[int, ...], M: np.ndarray,
-             rng: np.random.Generator, sobol: bool = False, design: str | None = None) -> DrawSet:
+             rng: np.random.Generator, sobol: bool = False, design: str | None = None,
+             counts: "list[int] | None" = None) -> DrawSet:
         """``n`` perturbations for a grid of ``shape`` with voxel->mm matrix ``M``, as one block
         per family (families draw in order from ``rng``; the draws do not depend on batching).
         design: ``iid`` (default), ``sobol`` (as ``sobol=True``) or ``stratified``: per family,
         its even-numbered and its odd-numbered draws each form a Latin hypercube over the
         family's uniform parameters (two independent halves, so that the split-half precision
-        of :mod:`regrisk.variance` compares independent replicates)."""
+        of :mod:`regrisk.variance` compares independent replicates). ``counts``: draws per
+        family (in order, summing to ``n``) instead of the round-robin's equal shares; the
+        samples are then numbered round-robin over the families that still have draws."""
         if n < 1:
             raise PerturbationError("perturbation: need at least one sample")
         design = design or ("sobol" if sobol else "iid")
         if design not in DESIGNS:
             raise PerturbationError(f"perturbation: design {design!r}; use one of {', '.join(DESIGNS)}")
         shape = tuple(int(s) for s in shape)
-        self.check_draws(n, design, shape)
-        M = np.asarray(M, dtype=np.float64)
         nf = len(self.families)
+        indices = [np.arange(f, n, nf) for f in range(nf)] if counts is None else \
+            _interleaved(counts, n, nf)
+        self.check_draws(n, design, shape, counts)
+        M = np.asarray(M, dtype=np.float64)
         blocks = []
-        for f, fam in enumerate(self.families):
-            index = np.arange(f, n, nf)
+        for fam, index in zip(self.families, indices):
             if len(index) == 0:
                 continue
             block = fam.from_uniform(_uniform(len(index), fam.dims(shape), rng, design), shape, M)
@@ -629,14 +649,15 @@ class Perturbation:
             blocks.append(block)
         return DrawSet(blocks, n)
 
-    def check_draws(self, n: int, design: str, shape: tuple[int, ...] | None = None) -> None:
+    def check_draws(self, n: int, design: str, shape: tuple[int, ...] | None = None,
+                    counts: "list[int] | None" = None) -> None:
         """PerturbationError when ``n`` draws cannot be made: a family with more dimensions
         than scrambled Sobol supports, or more uniform numbers than MAX_DRAW_VALUES. Without
         ``shape`` (at parse time) a B-spline given by spacing is checked later, at draw time."""
         from .limits import MAX_DRAW_VALUES
 
         total = 0
-        for fam in self.families:
+        for f, fam in enumerate(self.families):
             if shape is None and isinstance(fam, BSpline) and fam.spacing is not None:
                 continue
             dims = fam.dims(shape or (1, 1, 1))
@@ -644,7 +665,7 @@ class Perturbation:
                 raise PerturbationError(
                     f"perturbation: {fam.name} draws {dims} numbers per sample; --sobol supports "
                     f"at most {SOBOL_MAX_DIMS} (use a smaller control grid or drop --sobol)")
-            total += dims * -(-n // len(self.families))
+            total += dims * (counts[f] if counts is not None else -(-n // len(self.families)))
         if total > MAX_DRAW_VALUES:
             raise PerturbationError(
                 f"perturbation: {n} samples of {self.spec or 'this perturbation'} need {total} "

@@ -27,6 +27,7 @@ class Outcome:
     samples: int                          # perturbations drawn and run
     precision: dict[str, float] | None    # split-half precision of the final map
     stopped: str                          # "fixed K", "precision reached", "max samples reached"
+    family_samples: dict[str, int] | None = None  # with Neyman allocation: draws per family
 
 
 def describe_samples(block: Block) -> str:
@@ -42,26 +43,44 @@ class Sampler:
         self._targets: dict[int, Any] = {}
 
     def run(self, pert: Perturbation, plan: SamplePlan, design: str,
-            rng: np.random.Generator, progress: bool) -> Outcome:
+            rng: np.random.Generator, progress: bool, neyman: bool = False) -> Outcome:
+        """``neyman``: each round's draws are split across the families by
+        :func:`regrisk.allocation.allocate` (a pilot of 2 per family comes first)."""
         pair, done, precision = self.pair, 0, None
+        drawn: dict[str, int] = {}
         region = precision_region(pair.T)
         bar = _progress_bar(plan.most * self.passes) if progress else None
         try:
-            for n in plan.rounds(len(pert.families)):
+            for n, checkpoint in _rounds(plan, len(pert.families), neyman):
+                counts = self._allocation(n, pert, region) if neyman else None
                 with self.clock.stage("draw"):
-                    draws = pert.draw(n, pair.grid, pair.grid_to_mm, rng, design=design)
+                    draws = pert.draw(n, pair.grid, pair.grid_to_mm, rng, design=design,
+                                      counts=counts)
                 self.run_draws(draws, first_index=done, bar=bar)
                 done += n
+                for name, c in draws.family_counts().items():
+                    drawn[name] = drawn.get(name, 0) + c
+                if not checkpoint:
+                    continue
                 with self.clock.stage("precision"):
                     precision = self.stats.precision(pair.grid_to_mm, region)
                 if bar is not None and precision is not None:
                     bar.set_postfix(precision=f"{precision['precision']:.3f}")
                 if plan.adaptive and precision and precision["precision"] >= plan.precision:
-                    return Outcome(done, precision, "precision reached")
+                    return Outcome(done, precision, "precision reached", drawn if neyman else None)
         finally:
             if bar is not None:
                 bar.close()
-        return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K")
+        return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K",
+                       drawn if neyman else None)
+
+    def _allocation(self, n: int, pert: Perturbation, region: np.ndarray) -> list[int]:
+        from .allocation import allocate
+
+        stats = self.stats
+        drawn = stats.strata.counts() if stats.strata is not None else [0] * len(pert.families)
+        scores = stats.family_variances(self.pair.grid_to_mm, region)
+        return allocate(n, [1.0 / len(pert.families)] * len(pert.families), scores, drawn)
 
     def run_draws(self, draws: DrawSet, first_index: int = 0, bar: Any = None) -> None:
         """Perturb, infer, compose back, accumulate; one micro-batch a step."""
@@ -76,7 +95,7 @@ class Sampler:
                 # finite u and finite draws (checked at parse time) give a finite g
                 g = compose_back(u, block, fields, xp, self.ops)
             with clock.stage("accumulate"):
-                self.stats.update(g, block.family)
+                self.stats.update(g, block.family, fields)
             if bar is not None:
                 bar.update(b)
 
@@ -87,6 +106,17 @@ class Sampler:
             self._targets[b] = self.pair.xp.ascontiguousarray(
                 self.pair.xp.broadcast_to(T[None, None], (b, 1, *T.shape)))
         return self._targets[b]
+
+
+def _rounds(plan: SamplePlan, families: int, neyman: bool) -> list[tuple[int, bool]]:
+    """(draws, whether the run may stop after them): the plan's rounds; with Neyman
+    allocation and more than one family, a pilot of 2 draws per family is split off the first
+    round (no stop there: the allocation has not yet acted)."""
+    rounds = [(n, True) for n in plan.rounds(families)]
+    pilot = 2 * families
+    if neyman and families > 1 and rounds[0][0] > pilot:
+        rounds[:1] = [(pilot, False), (rounds[0][0] - pilot, True)]
+    return rounds
 
 
 def _progress_bar(total: int) -> Any:

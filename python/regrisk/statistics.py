@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import to_numpy
 from .kernels import Bound, Welford
+from .strata import Strata
 from .errors import InputError
 from .variance import pool_covariance, split_half_precision
 
@@ -72,9 +74,20 @@ class SampleStatistics:
 
     def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, *, passes: int = 1,
                  family_counts: dict[str, int] | None = None, ops: Bound | None = None,
-                 pool_mm: float = 0.0) -> None:
+                 pool_mm: float = 0.0, strata: list[Any] | None = None, control: bool = False,
+                 grid_to_mm: np.ndarray | None = None) -> None:
         ops = ops or Bound()
         self.xp, self.passes, self.ops, self.pool_mm = xp, passes, ops, pool_mm
+        self.strata = None
+        if strata:  # per-family estimators (neyman, control): regrisk.strata
+            if passes > 1:
+                raise InputError("neyman allocation and control variates take one pass per "
+                                 "perturbation (passes > 1 is the nested design)")
+            M = np.eye(3) if grid_to_mm is None else grid_to_mm
+            self.strata = Strata(strata, grid, like, xp, ops, M, control)
+            self.nested, self.families = None, {}
+            self.per_family = bool(family_counts and len(family_counts) > 1)
+            return
         self.all = ops.Welford(grid, like=like)
         self.halves = (ops.Welford(grid, like=like), ops.Welford(grid, like=like))
         self._seen: dict[str, int] = {}
@@ -89,10 +102,14 @@ class SampleStatistics:
 
     @property
     def count(self) -> int:
-        return self.all.count
+        return sum(self.strata.counts()) if self.strata is not None else self.all.count
 
-    def update(self, g: Array, family: str) -> None:
-        """Fold in composed samples g (b, 3, *grid) drawn from ``family``."""
+    def update(self, g: Array, family: str, fields: Array | None = None) -> None:
+        """Fold in composed samples g (b, 3, *grid) drawn from ``family`` (``fields``: their
+        dense displacements, which a controlled family uses)."""
+        if self.strata is not None:
+            self.strata.update(g, family, fields)
+            return
         self.all.update(g)
         if self.families:
             self.families[family].update(g)
@@ -104,7 +121,8 @@ class SampleStatistics:
             self._seen[family] = seen + 1
 
     def _sigma(self, cov6: Array, M: np.ndarray, axes: bool = False) -> Array:
-        cov6 = pool_covariance(cov6, self.pool_mm, np.linalg.norm(M, axis=0))
+        if self.pool_mm:
+            cov6 = pool_covariance(cov6, self.pool_mm, np.linalg.norm(M, axis=0))
         return (self.ops.covariance_axis_sigma if axes else self.ops.covariance_sigma)(cov6, M)
 
     def sigma_of(self, acc: Welford, M: np.ndarray) -> Array:
@@ -113,11 +131,36 @@ class SampleStatistics:
 
     def precision(self, M: np.ndarray, region: np.ndarray) -> dict[str, float] | None:
         """Split-half precision of the current map (None until each half has 2 samples)."""
+        if self.strata is not None:
+            if min(self.strata.counts()) < 2:
+                return None
+            return split_half_precision(*(self.strata.sigma(self.strata.moments(h)[1],
+                                                            self.pool_mm) for h in (0, 1)),
+                                        region)
         if min(h.count for h in self.halves) < 2:
             return None
         return split_half_precision(*(self.sigma_of(h, M) for h in self.halves), region)
 
+    def family_variances(self, M: np.ndarray, region: np.ndarray) -> list[float] | None:
+        """Neyman allocation's scores: each family's sigma^2 (mm^2) averaged over ``region``
+        (None before every family has 2 samples)."""
+        if self.strata is None or min(self.strata.counts()) < 2:
+            return None
+        out = []
+        for n in self.strata.names:
+            var = to_numpy(self.strata.family_moments(n)[1].sum(0)).ravel()[region]
+            out.append(float(np.maximum(var.astype(np.float64), 0).mean()))
+        return out
+
     def finalise(self, M: np.ndarray) -> GridMaps:
+        if self.strata is not None:
+            strata, pool = self.strata, self.pool_mm
+            mean, var = strata.moments()
+            maps = GridMaps(strata.sigma(var, pool), strata.sigma(var, pool, axes=True), mean)
+            if self.per_family:
+                maps.families = {n: strata.sigma(strata.family_moments(n)[1], pool)
+                                 for n in strata.names}
+            return maps
         if self.pool_mm:
             cov = self.all.covariance
             maps = GridMaps(self._sigma(cov, M), self._sigma(cov, M, axes=True), self.all.mean)

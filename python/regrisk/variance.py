@@ -8,6 +8,14 @@ make a K-sample map closer to its K -> infinity limit, and one measurement says 
   draw keeps its family's law; what is evened out is how much perturbation each voxel sees
   across the K draws, which for the B-spline family (thousands of independent local control
   values) is the dominant noise of a small-K map;
+- **allocation** (``neyman``, :mod:`regrisk.allocation`): a mixture's passes go to the
+  families in proportion to their weight times their spread, measured on a pilot of 2 draws
+  per family, and the map is the mixture covariance rebuilt from per-family accumulators
+  (unbiased for any allocation): on the ``paper`` mixture most passes go to the B-spline
+  family, whose spread dominates the map;
+- **control variates** (``control``, :mod:`regrisk.controls`): a dense family's displacement,
+  whose variance is known exactly from its law, corrects the sampling noise of that family's
+  spread;
 - **pooling**: the per-voxel covariance is smoothed with a Gaussian of ``pool_mm`` FWHM before
   sigma is taken, trading a little resolution for a lot less noise;
 - **precision**: two half-maps from alternating perturbations of each family are compared by
@@ -43,30 +51,56 @@ class VarianceReduction:
 
     design: str = "iid"
     pool_mm: float = 0.0
+    allocation: str = "proportional"  # or "neyman" (regrisk.allocation)
+    control: bool = False             # dense families' displacement as a control variate
+
+    @property
+    def neyman(self) -> bool:
+        return self.allocation == "neyman"
+
+    @property
+    def per_family(self) -> bool:
+        """Whether the map is rebuilt from per-family accumulators (regrisk.strata)."""
+        return self.neyman or self.control
 
     @property
     def name(self) -> str:
-        parts = [p for p in ("stratified" if self.design == "stratified" else "",
+        parts = [p for p in ("neyman" if self.neyman else "",
+                             "control" if self.control else "",
+                             "stratified" if self.design == "stratified" else "",
                              f"pooled({self.pool_mm:g}mm)" if self.pool_mm else "") if p]
         return "+".join(parts) or ("sobol" if self.design == "sobol" else "none")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "design": self.design, "pool_fwhm_mm": self.pool_mm}
+        out = {"name": self.name, "design": self.design, "pool_fwhm_mm": self.pool_mm,
+               "allocation": self.allocation, "control_variate": self.control}
+        if self.control:
+            from .controls import POOL_MM
+
+            out["control_slope_fwhm_mm"] = POOL_MM
+        return out
 
 
 def parse(spec: "str | VarianceReduction", sobol: bool = False) -> VarianceReduction:
-    """``none``, ``stratified``, ``pooled``, ``pooled(4mm)`` or a ``+`` combination."""
+    """``none``, ``neyman``, ``control``, ``stratified``, ``pooled``, ``pooled(4mm)`` or a
+    ``+`` combination."""
     if isinstance(spec, VarianceReduction):
         return spec
     if not isinstance(spec, str) or not spec.strip():
-        raise InputError("variance reduction: expected none, stratified, pooled or a + combination")
-    design, pool = ("sobol" if sobol else "iid"), 0.0
+        raise InputError("variance reduction: expected none, neyman, control, stratified, pooled "
+                         "or a + combination")
+    design, pool, allocation, control = ("sobol" if sobol else "iid"), 0.0, "proportional", False
     for term in spec.strip().lower().split("+"):
-        m = re.fullmatch(r"\s*(none|stratified|pooled)\s*(?:\(\s*([0-9.]+)\s*(?:mm)?\s*\))?\s*", term)
+        m = re.fullmatch(r"\s*(none|neyman|control|stratified|pooled)\s*(?:\(\s*([0-9.]+)\s*(?:mm)?\s*\))?\s*",
+                         term)
         if not m:
             raise InputError(f"variance reduction: cannot parse {term.strip()!r} (use none, "
-                             "stratified, pooled or pooled(4mm), joined by +)")
-        if m.group(1) == "stratified":
+                             "neyman, control, stratified, pooled or pooled(4mm), joined by +)")
+        if m.group(1) == "neyman":
+            allocation = "neyman"
+        elif m.group(1) == "control":
+            control = True
+        elif m.group(1) == "stratified":
             design = "stratified"
         elif m.group(1) == "pooled":
             pool = float(m.group(2)) if m.group(2) else DEFAULT_POOL_MM
@@ -74,10 +108,18 @@ def parse(spec: "str | VarianceReduction", sobol: bool = False) -> VarianceReduc
                 raise InputError(f"variance reduction: pooled FWHM must be in (0, 50] mm, got {pool:g}")
     if design == "stratified" and sobol:
         raise InputError("variance reduction: stratified and --sobol are two designs; pick one")
-    return VarianceReduction(design, pool)
+    return VarianceReduction(design, pool, allocation, control)
 
 
 DEFAULT_POOL_MM = 4.0
+# What a run uses when it asks for nothing: the best combination measured (benchmarks/
+# EVALUATION.md, "Variance reduction"); "none" where K leaves fewer than 2 draws per family.
+DEFAULT = "neyman"
+
+
+def default_for(samples: int, families: int) -> VarianceReduction:
+    """The default estimator for a run of at most ``samples`` draws over ``families``."""
+    return parse(DEFAULT if families < 2 or samples >= 2 * families else "none")
 
 
 def pool_covariance(cov6: Array, fwhm_mm: float, spacing_mm: np.ndarray) -> Array:

@@ -65,9 +65,11 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="preset (paper, translation, rotation, scale, shear, affine, bspline, "
                    "none) or spec such as 'bspline(count=8,max=4mm)+rotation(max=3)'")
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
-    p.add_argument("--variance-reduction", default="none",
-                   help="none (the paper's estimator), stratified, pooled, pooled(4mm) or a + "
-                   "combination such as stratified+pooled(4mm)")
+    p.add_argument("--variance-reduction", default=None,
+                   help="none (the paper's estimator), neyman (passes allocated to the "
+                   "families whose spread dominates), stratified, pooled, pooled(4mm) or a + "
+                   "combination such as neyman+pooled(4mm); default neyman (none with fewer "
+                   "than 2 samples per family, --sobol or --passes > 1)")
     p.add_argument("--precision", type=float, default=None,
                    help="with --samples auto: stop when the map's estimated Spearman agreement "
                    "with its own limit reaches this (default 0.9)")

@@ -1,0 +1,136 @@
+"""Per-family accumulators: the map as a mixture rebuilt from its families.
+
+Neyman allocation (:mod:`regrisk.allocation`) draws the families in unequal numbers, and the
+control variate (:mod:`regrisk.controls`) corrects a dense family's spread with its own
+displacement; both need each family's moments apart. Each family keeps two halves fed alternate
+perturbations (so the split-half precision compares independent maps); a half holds the
+composed samples g and, for a controlled family, the displacements d and the sums g + d, each
+in a Welford accumulator. Everything here ends as variances along the world axes, which is what
+sigma (their sum) and the per-axis maps read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .allocation import mixture_moments
+from .controls import controlled_variance, known_variance
+from .errors import InputError
+from .kernels import Bound, Welford
+from .perturbations import BSpline
+from .variance import pool_covariance
+
+Array = Any
+
+
+@dataclass
+class _Half:
+    g: Welford
+    d: Welford | None = None      # the family's displacement (controlled families)
+    gd: Welford | None = None     # g + d: their cross-covariance, per axis
+
+    def accumulators(self) -> list[Welford]:
+        return [a for a in (self.g, self.d, self.gd) if a is not None]
+
+
+@dataclass
+class _Stratum:
+    halves: tuple[_Half, _Half]
+    known: Array | None = None    # (3, *grid) world-axis variance of d (controlled families)
+    seen: int = field(default=0)
+
+
+class Strata:
+    """``families`` (distinct names) on ``grid``; ``control``: dense families carry their
+    displacement as a control variate (``known`` variances from their law)."""
+
+    def __init__(self, families: list[Any], grid: tuple[int, int, int], like: Array, xp: Any,
+                 ops: Bound, M: np.ndarray, control: bool) -> None:
+        names = [f.name for f in families]
+        if len(set(names)) != len(names):
+            raise InputError(f"per-family estimators (neyman, control) need distinct families; "
+                             f"{'+'.join(names)} repeats one")
+        self.names, self.grid, self.like, self.xp, self.ops = names, grid, like, xp, ops
+        self.weights = [1.0 / len(names)] * len(names)
+        self.M = np.asarray(M, dtype=np.float64)
+        self.spacing = np.linalg.norm(self.M, axis=0)
+        self.strata: dict[str, _Stratum] = {}
+        for fam in families:
+            dense = control and isinstance(fam, BSpline)
+            self.strata[fam.name] = _Stratum(
+                (self._half(dense), self._half(dense)),
+                xp.asarray(known_variance(fam, grid, self.M)) if dense else None)
+
+    def _half(self, dense: bool) -> _Half:
+        new = lambda: self.ops.Welford(self.grid, like=self.like)  # noqa: E731
+        return _Half(new(), new(), new()) if dense else _Half(new())
+
+    @property
+    def accumulators(self) -> int:
+        return sum(len(h.accumulators()) for s in self.strata.values() for h in s.halves)
+
+    def counts(self) -> list[int]:
+        return [sum(h.g.count for h in self.strata[n].halves) for n in self.names]
+
+    def update(self, g: Array, family: str, fields: Array | None) -> None:
+        stratum = self.strata[family]
+        for j in range(g.shape[0]):
+            half = stratum.halves[stratum.seen % 2]
+            half.g.update(g[j:j + 1])
+            if half.d is not None:
+                if fields is None:
+                    raise InputError(f"family {family}: a controlled family needs its fields")
+                half.d.update(fields[j:j + 1])
+                half.gd.update(g[j:j + 1] + fields[j:j + 1])
+            stratum.seen += 1
+
+    def _merged(self, name: str) -> _Half:
+        a, b = self.strata[name].halves
+        out = self._half(a.d is not None)
+        for dst, src_a, src_b in zip(out.accumulators(), a.accumulators(), b.accumulators()):
+            dst.merge(src_a).merge(src_b)
+        return out
+
+    def _axis_var(self, acc: Welford) -> Array:
+        s = acc.axis_sigma(self.M)
+        return s * s
+
+    def family_moments(self, name: str, half: int | None = None) -> tuple[Array, Array, int]:
+        """(mean (3, ...) voxels, variance (3, ...) per world axis, count) of one family,
+        from every sample or one half; a half of one sample has no variance (zeros)."""
+        h = self.strata[name].halves[half] if half is not None else self._merged(name)
+        n = h.g.count
+        if n < 2:
+            return h.g.mean, self.xp.zeros((3, *self.grid), dtype=np.float32), n
+        var = self._axis_var(h.g)
+        known = self.strata[name].known
+        if known is not None:
+            var = controlled_variance(var, self._axis_var(h.d), self._axis_var(h.gd), known,
+                                      self.spacing)
+        return h.g.mean, var, n
+
+    def moments(self, half: int | None = None) -> tuple[Array, Array]:
+        """Mixture (mean voxels, variance per world axis) from every sample or one half (a
+        family with no sample in that half is left out of it)."""
+        means, variances, counts, weights = [], [], [], []
+        for name, w in zip(self.names, self.weights):
+            if (self.counts()[self.names.index(name)] if half is None else
+                    self.strata[name].halves[half].g.count) == 0:
+                continue
+            m, v, n = self.family_moments(name, half)
+            means.append(m)
+            variances.append(v)
+            counts.append(n)
+            weights.append(w)
+        return mixture_moments(means, variances, counts, weights, self.M)
+
+    def sigma(self, var3: Array, pool_mm: float, axes: bool = False) -> Array:
+        """sigma (sqrt of the summed variances) or the per-axis maps, pooled when asked;
+        negative variances (sampling noise of the control) clamp at 0, NaN stays NaN."""
+        if pool_mm:
+            var3 = pool_covariance(var3, pool_mm, self.spacing)
+        var3 = self.xp.maximum(var3, 0)
+        return self.xp.sqrt(var3) if axes else self.xp.sqrt(var3.sum(0))
