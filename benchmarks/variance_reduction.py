@@ -10,6 +10,7 @@ seeds. Agreement and correlation are not timings: the load of the machine does n
 
     python benchmarks/variance_reduction.py [--cases pair affine nonlinear] [--seeds 3]
         [--samples 8 16 32 50] [--estimators none neyman ...] [--reference 200] [--json out.json]
+        [--auto]   (samples="auto" instead of each K: where it stopped, what it reached)
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimators", nargs="+",
                     default=["none", "neyman", "neyman+pooled(4mm)", "stratified"])
     ap.add_argument("--reference", type=int, default=200)
+    ap.add_argument("--auto", action="store_true",
+                    help="instead of fixed K: --samples auto (default precision 0.9) per "
+                    "estimator and seed; prints where it stopped and the agreement reached")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = []
@@ -80,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             pred = est.predict(c["source"], c["target"]).displacement
             error = protocol.true_error(c["case"], pred)
         for spec in args.estimators:
-            for K in args.samples:
+            for K in (["auto"] if args.auto else args.samples):
                 for seed in range(args.seeds):
                     sigma, sampling = run_map(est, c, spec, K, seed)
                     row = {"case": c["name"], "estimator": spec, "K": K, "seed": seed,
+                           "stopped_at": sampling["samples"], "stopped": sampling["stopped"],
                            "agreement": agreement(sigma, ref, c["region"]),
                            "precision": (sampling["precision"] or {}).get("precision", float("nan")),
                            "family_samples": sampling.get("family_samples")}
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
             print(f"# {c['name']} {spec}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
                   flush=True)
-    print_table(rows, args)
+    (print_auto if args.auto else print_table)(rows, args)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
@@ -116,6 +121,17 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
                              f"nAURC {np.mean([r['naurc'] for r in sel]):.2f}")
                 cells.append(cell + ")")
             print(f"| {case} | {spec} | " + " | ".join(cells) + " |")
+
+
+def print_auto(rows: list[dict], args: argparse.Namespace) -> None:
+    print("| case | estimator | stopped at K (per seed) | precision reached | agreement reached |")
+    print("|---|---|---|---:|---:|")
+    for case in dict.fromkeys(r["case"] for r in rows):
+        for spec in args.estimators:
+            sel = [r for r in rows if r["case"] == case and r["estimator"] == spec]
+            ks = ", ".join(str(r["stopped_at"]) for r in sel)
+            print(f"| {case} | {spec} | {ks} | {np.mean([r['precision'] for r in sel]):.3f} | "
+                  f"{np.mean([r['agreement'] for r in sel]):.3f} |")
 
 
 if __name__ == "__main__":

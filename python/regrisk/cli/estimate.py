@@ -67,9 +67,10 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
     p.add_argument("--variance-reduction", default=None,
                    help="none (the paper's estimator), neyman (passes allocated to the "
-                   "families whose spread dominates), stratified, pooled, pooled(4mm) or a + "
-                   "combination such as neyman+pooled(4mm); default neyman (none with fewer "
-                   "than 2 samples per family, --sobol or --passes > 1)")
+                   "families whose spread dominates), control (the B-spline displacement as a "
+                   "control variate), stratified, pooled, pooled(4mm) or a + combination; "
+                   "default neyman+control (none with fewer than 2 samples per family, --sobol "
+                   "or --passes > 1)")
     p.add_argument("--precision", type=float, default=None,
                    help="with --samples auto: stop when the map's estimated Spearman agreement "
                    "with its own limit reaches this (default 0.9)")
