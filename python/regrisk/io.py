@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -214,13 +215,17 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool,
     out = Path(out_dir)
     if len(out.name.encode()) > _name_max(out.absolute().parent):
         raise OutputError(f"output {out}: the name is longer than the file system allows")
-    if out.is_symlink() and not out.exists():
-        raise OutputError(f"output {out}: is a dangling symbolic link")
-    if out.exists() and not out.is_dir():
+    try:  # one stat: another run replacing the folder must not make it look like a file
+        st: os.stat_result | None = out.stat()
+    except FileNotFoundError:
+        st = None
+        if out.is_symlink():
+            raise OutputError(f"output {out}: is a dangling symbolic link") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"output {out}: exists and is not a folder")
-    if out.exists() and not overwrite:
+    if st is not None and not overwrite:
         raise OutputError(f"output {out}: already exists (use --overwrite / overwrite=True)")
-    if out.exists():
+    if st is not None:
         outputs.check_replaceable(out, protect)
     if not out.name or out.name in (".", ".."):
         raise OutputError(f"output {out}: name a folder to create")
