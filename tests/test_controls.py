@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
-from scipy.stats import spearmanr
 
 from regrisk import Estimator, kernels
 from regrisk import perturbations as P
 from regrisk.controls import controlled_variance, known_variance, sum_sq_weights
+from builders import reliability
 
 
 @pytest.mark.parametrize("grid, control", [((17, 9, 30), (4, 6, 12)), ((24, 20, 16), (10, 10, 10))])
@@ -99,23 +99,7 @@ def test_on_a_network_with_a_known_map_the_control_variate_is_exact():
     assert np.abs(plain / truth - 1).max() > 0.2  # 8 draws alone are far from it
 
 
-def _smooth_model(s, t):
-    d = (s - t)[:, 0]
-    return np.ascontiguousarray(np.stack([d, 0.5 * d, -d], axis=1), dtype=np.float32)
-
-
 def test_controlled_precision_tracks_how_well_two_independent_maps_agree():
-    g = np.random.default_rng(0)
-    shape = (24, 24, 24)
-    S = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    T = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    est = Estimator(_smooth_model)
-    maps, rel = [], []
-    for seed in range(4):
-        res = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples=16, seed=seed,
-                           variance_reduction="neyman+control",
-                           perturbation="bspline(count=6,max=2)+translation(max=0.3)")
-        maps.append(res.grid_uncertainty.ravel())
-        rel.append(res.summary["sampling"]["precision"]["reliability"])
-    measured = np.mean([spearmanr(a, b).statistic for i, a in enumerate(maps) for b in maps[i + 1:]])
-    assert abs(np.mean(rel) - measured) < 0.15, (np.mean(rel), measured)
+    estimated, measured = reliability(16, "neyman+control",
+                                      "bspline(count=6,max=2)+translation(max=0.3)")
+    assert abs(estimated - measured) < 0.15, (estimated, measured)

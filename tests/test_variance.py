@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
-from scipy.stats import spearmanr
 
 from regrisk import Estimator, reference
 from regrisk import perturbations as P
 from regrisk.errors import InputError
 from regrisk.variance import FWHM_PER_SIGMA, parse, sample_plan
-from builders import blob, com, coords, oblique_affine
+from builders import blob, com, coords, difference_model, oblique_affine, reliability, smooth_pair
 
 GRID = (30, 32, 34)
 AFF = oblique_affine()
@@ -94,32 +92,12 @@ def test_pooling_adds_exactly_the_kernels_second_moment_on_a_quadratic_spread(pa
     np.testing.assert_allclose(got[core], expected[core], rtol=0.04, atol=1e-4 * expected.max())
 
 
-def _smooth_model(s, t):
-    """A model whose spread under B-spline perturbations varies in space: u = (S - T)."""
-    d = (s - t)[:, 0]
-    return np.ascontiguousarray(np.stack([d, 0.5 * d, -d], axis=1), dtype=np.float32)
-
-
 def test_split_half_reliability_predicts_how_well_two_independent_maps_agree():
     """The reliability 2r/(1+r) estimated inside one run is the Spearman agreement expected
     between two maps of the same K from independent draws; compared with that agreement
     measured directly, for each estimator, on a model whose spread varies in space."""
-    g = np.random.default_rng(0)
-    shape = (24, 24, 24)
-    S = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    T = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    est = Estimator(_smooth_model)
-    rows = []
-    for K in (8, 32):
-        for vr in ("none", "stratified"):
-            maps, rel = [], []
-            for seed in range(4):
-                res = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples=K, seed=seed,
-                                   variance_reduction=vr, perturbation="bspline(count=6,max=2)")
-                maps.append(res.grid_uncertainty.ravel())
-                rel.append(res.summary["sampling"]["precision"]["reliability"])
-            measured = [spearmanr(a, b).statistic for i, a in enumerate(maps) for b in maps[i + 1:]]
-            rows.append((K, vr, round(float(np.mean(rel)), 3), round(float(np.mean(measured)), 3)))
+    rows = [(K, vr, *reliability(K, vr, "bspline(count=6,max=2)"))
+            for K in (8, 32) for vr in ("none", "stratified")]
     # averaged over 4 runs (6 pairs of maps) per row. Stated tolerance: 0.15 (Spearman-Brown is
     # exact for additive noise; on sigma's ranks it overstates by up to ~0.1 at K = 32 here)
     assert max(abs(estimated - measured) for *_, estimated, measured in rows) < 0.15, rows
@@ -127,10 +105,8 @@ def test_split_half_reliability_predicts_how_well_two_independent_maps_agree():
 
 
 def test_auto_stops_where_it_says_and_never_exceeds_max_samples():
-    g = np.random.default_rng(1)
-    S = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
-    T = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
-    est = Estimator(_smooth_model)
+    S, T = smooth_pair((20, 20, 20), 1)
+    est = Estimator(difference_model)
     kw = dict(perturbation="bspline(count=5,max=2)", samples="auto")
     capped = est.estimate((S, np.eye(4)), (T, np.eye(4)), precision=0.999, max_samples=40, **kw)
     s = capped.summary["sampling"]
@@ -168,30 +144,14 @@ def test_neyman_is_unbiased_on_a_known_mixture_and_spends_its_passes_on_the_spre
 def test_neyman_precision_tracks_how_well_two_independent_maps_agree():
     """As the split-half test above, for Neyman allocation on a two-family mixture whose
     families' spreads differ (its halves are rebuilt from per-family halves)."""
-    g = np.random.default_rng(0)
-    shape = (24, 24, 24)
-    S = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    T = gaussian_filter(g.random(shape), 2).astype(np.float32) * 8
-    est = Estimator(_smooth_model)
-    rows = []
-    for K in (12, 32):
-        maps, rel = [], []
-        for seed in range(4):
-            res = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples=K, seed=seed,
-                               variance_reduction="neyman",
-                               perturbation="bspline(count=6,max=2)+translation(max=0.3)")
-            maps.append(res.grid_uncertainty.ravel())
-            rel.append(res.summary["sampling"]["precision"]["reliability"])
-        measured = [spearmanr(a, b).statistic for i, a in enumerate(maps) for b in maps[i + 1:]]
-        rows.append((K, round(float(np.mean(rel)), 3), round(float(np.mean(measured)), 3)))
+    rows = [(K, *reliability(K, "neyman", "bspline(count=6,max=2)+translation(max=0.3)"))
+            for K in (12, 32)]
     assert max(abs(e - m) for _, e, m in rows) < 0.15, rows
 
 
 def test_auto_with_neyman_stops_where_it_says_and_never_exceeds_max_samples():
-    g = np.random.default_rng(1)
-    S = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
-    T = gaussian_filter(g.random((20, 20, 20)), 2).astype(np.float32) * 8
-    est = Estimator(_smooth_model)
+    S, T = smooth_pair((20, 20, 20), 1)
+    est = Estimator(difference_model)
     kw = dict(perturbation="bspline(count=5,max=2)+scale", samples="auto",
               variance_reduction="neyman")
     capped = est.estimate((S, np.eye(4)), (T, np.eye(4)), precision=0.999, max_samples=40, **kw)
