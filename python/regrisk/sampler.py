@@ -74,13 +74,14 @@ class Sampler:
         return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K",
                        drawn if neyman else None)
 
-    def _allocation(self, n: int, pert: Perturbation, region: np.ndarray) -> list[int]:
+    def _allocation(self, n: int, pert: Perturbation, region: np.ndarray) -> list[int] | None:
         from .allocation import allocate
 
-        stats = self.stats
-        drawn = stats.strata.counts() if stats.strata is not None else [0] * len(pert.families)
-        scores = stats.family_variances(self.pair.grid_to_mm, region)
-        return allocate(n, [1.0 / len(pert.families)] * len(pert.families), scores, drawn)
+        strata = self.stats.strata
+        if strata is None:  # no per-family accumulators: the round-robin
+            return None
+        scores = self.stats.family_variances(self.pair.grid_to_mm, region)
+        return allocate(n, strata.weights, scores, strata.counts())
 
     def run_draws(self, draws: DrawSet, first_index: int = 0, bar: Any = None) -> None:
         """Perturb, infer, compose back, accumulate; one micro-batch a step."""

@@ -116,9 +116,9 @@ class Strata:
         """Mixture (mean voxels, variance per world axis) from every sample or one half (a
         family with no sample in that half is left out of it)."""
         means, variances, counts, weights = [], [], [], []
-        for name, w in zip(self.names, self.weights):
-            if (self.counts()[self.names.index(name)] if half is None else
-                    self.strata[name].halves[half].g.count) == 0:
+        totals = self.counts()
+        for name, w, total in zip(self.names, self.weights, totals):
+            if (total if half is None else self.strata[name].halves[half].g.count) == 0:
                 continue
             m, v, n = self.family_moments(name, half)
             means.append(m)
