@@ -12,6 +12,7 @@ a failure or Ctrl-C leaves nothing behind. Every atomic write in regrisk goes th
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -217,7 +218,9 @@ def check_output(out_dir: str | os.PathLike[str], overwrite: bool,
         raise OutputError(f"output {out}: the name is longer than the file system allows")
     try:  # one stat: another run replacing the folder must not make it look like a file
         st: os.stat_result | None = out.stat()
-    except FileNotFoundError:
+    except OSError as exc:  # what Path.exists() takes for "not there"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            raise
         st = None
         if out.is_symlink():
             raise OutputError(f"output {out}: is a dangling symbolic link") from None
