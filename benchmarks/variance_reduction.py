@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["pair", "affine", "nonlinear"])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. + seeds - 1")
     ap.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32, 50])
     ap.add_argument("--estimators", nargs="+",
                     default=["none", "neyman", "neyman+pooled(4mm)", "stratified"])
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             error = protocol.true_error(c["case"], pred)
         for spec in args.estimators:
             for K in (["auto"] if args.auto else args.samples):
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     sigma, sampling = run_map(est, c, spec, K, seed)
                     row = {"case": c["name"], "estimator": spec, "K": K, "seed": seed,
                            "stopped_at": sampling["samples"], "stopped": sampling["stopped"],
