@@ -114,7 +114,7 @@ def parse(spec: "str | VarianceReduction", sobol: bool = False) -> VarianceReduc
 DEFAULT_POOL_MM = 4.0
 # What a run uses when it asks for nothing: the best combination measured (benchmarks/
 # EVALUATION.md, "Variance reduction"); "none" where K leaves fewer than 2 draws per family.
-DEFAULT = "neyman+control+pooled(4mm)"
+DEFAULT = "neyman+control"
 
 
 def default_for(samples: int, families: int) -> VarianceReduction:

@@ -69,7 +69,7 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="none (the paper's estimator), neyman (passes allocated to the "
                    "families whose spread dominates), control (the B-spline displacement as a "
                    "control variate), stratified, pooled, pooled(4mm) or a + combination; "
-                   "default neyman+control+pooled(4mm) (none with fewer than 2 samples per family, --sobol "
+                   "default neyman+control (none with fewer than 2 samples per family, --sobol "
                    "or --passes > 1)")
     p.add_argument("--precision", type=float, default=None,
                    help="with --samples auto: stop when the map's estimated Spearman agreement "
