@@ -168,6 +168,7 @@ def test_auto_with_neyman_stops_where_it_says_and_never_exceeds_max_samples():
     ({"variance_reduction": "neyman", "samples": 3}, "2 samples per family"),
     ({"variance_reduction": "neyman", "perturbation": "scale+scale"}, "distinct families"),
     ({"variance_reduction": "neyman", "passes": 2}, "one pass per perturbation"),
+    ({"variance_reduction": "control(500mm)"}, "control slope FWHM"),
     ({"variance_reduction": "wiggle"}, "cannot parse"),
     ({"variance_reduction": "pooled(0mm)"}, "FWHM"),
     ({"variance_reduction": "stratified", "sobol": True}, "pick one"),
@@ -189,6 +190,8 @@ def test_names_and_plans():
         "name": "neyman+pooled(3mm)", "design": "iid", "pool_fwhm_mm": 3.0,
         "allocation": "neyman", "control_variate": False}
     assert parse("control+neyman").name == "neyman+control"
+    assert parse("control(16mm)").to_dict()["control_slope_fwhm_mm"] == 16.0
+    assert parse("control(16mm)").name == "control(16mm)"
     assert parse("none").name == "none"
     assert sample_plan(50).rounds(4) == [50]
     assert sample_plan("auto", max_samples=44).rounds(4) == [16, 8, 8, 8, 4]

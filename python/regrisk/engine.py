@@ -159,7 +159,8 @@ class Estimator:
         stats = SampleStatistics(pair.grid, pair.S, pair.xp, passes=passes, family_counts=counts,
                                  ops=self.ops, pool_mm=reduction.pool_mm,
                                  strata=pert.families if reduction.per_family else None,
-                                 control=reduction.control, grid_to_mm=pair.grid_to_mm)
+                                 control=reduction.control, control_mm=reduction.control_mm,
+                                 grid_to_mm=pair.grid_to_mm)
         outcome = Sampler(self.runner, self.ops, pair, stats, batch, passes, clock).run(
             pert, plan, reduction.design, np.random.default_rng(seed), progress,
             neyman=reduction.neyman)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import to_numpy
+from .controls import POOL_MM
 from .kernels import Bound, Welford
 from .strata import Strata
 from .errors import InputError
@@ -75,7 +76,7 @@ class SampleStatistics:
     def __init__(self, grid: tuple[int, int, int], like: Array, xp: Any, *, passes: int = 1,
                  family_counts: dict[str, int] | None = None, ops: Bound | None = None,
                  pool_mm: float = 0.0, strata: list[Any] | None = None, control: bool = False,
-                 grid_to_mm: np.ndarray | None = None) -> None:
+                 control_mm: float = POOL_MM, grid_to_mm: np.ndarray | None = None) -> None:
         ops = ops or Bound()
         self.xp, self.passes, self.ops, self.pool_mm = xp, passes, ops, pool_mm
         self.strata = None
@@ -84,7 +85,7 @@ class SampleStatistics:
                 raise InputError("neyman allocation and control variates take one pass per "
                                  "perturbation (passes > 1 is the nested design)")
             M = np.eye(3) if grid_to_mm is None else grid_to_mm
-            self.strata = Strata(strata, grid, like, xp, ops, M, control)
+            self.strata = Strata(strata, grid, like, xp, ops, M, control, control_mm)
             self.nested, self.families = None, {}
             self.per_family = bool(family_counts and len(family_counts) > 1)
             return

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .allocation import mixture_moments
-from .controls import controlled_variance, known_variance
+from .controls import POOL_MM, controlled_variance, known_variance
 from .errors import InputError
 from .kernels import Bound, Welford
 from .perturbations import BSpline
@@ -48,7 +48,7 @@ class Strata:
     displacement as a control variate (``known`` variances from their law)."""
 
     def __init__(self, families: list[Any], grid: tuple[int, int, int], like: Array, xp: Any,
-                 ops: Bound, M: np.ndarray, control: bool) -> None:
+                 ops: Bound, M: np.ndarray, control: bool, control_mm: float = POOL_MM) -> None:
         names = [f.name for f in families]
         if len(set(names)) != len(names):
             raise InputError(f"per-family estimators (neyman, control) need distinct families; "
@@ -56,6 +56,7 @@ class Strata:
         self.names, self.grid, self.like, self.xp, self.ops = names, grid, like, xp, ops
         self.weights = [1.0 / len(names)] * len(names)
         self.M = np.asarray(M, dtype=np.float64)
+        self.control_mm = float(control_mm)
         self.spacing = np.linalg.norm(self.M, axis=0)
         self.strata: dict[str, _Stratum] = {}
         for fam in families:
@@ -109,7 +110,7 @@ class Strata:
         known = self.strata[name].known
         if known is not None:
             var = controlled_variance(var, self._axis_var(h.d), self._axis_var(h.gd), known,
-                                      self.spacing)
+                                      self.spacing, self.control_mm)
         return h.g.mean, var, n
 
     def moments(self, half: int | None = None) -> tuple[Array, Array]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import limits
 from .arrays import array_module, to_numpy
+from .controls import POOL_MM as _CONTROL_MM
 from .errors import InputError
 
 Array = Any
@@ -53,6 +54,7 @@ class VarianceReduction:
     pool_mm: float = 0.0
     allocation: str = "proportional"  # or "neyman" (regrisk.allocation)
     control: bool = False             # dense families' displacement as a control variate
+    control_mm: float = _CONTROL_MM   # FWHM of the control's slope smoothing
 
     @property
     def neyman(self) -> bool:
@@ -66,7 +68,8 @@ class VarianceReduction:
     @property
     def name(self) -> str:
         parts = [p for p in ("neyman" if self.neyman else "",
-                             "control" if self.control else "",
+                             ("control" if self.control_mm == _CONTROL_MM else
+                              f"control({self.control_mm:g}mm)") if self.control else "",
                              "stratified" if self.design == "stratified" else "",
                              f"pooled({self.pool_mm:g}mm)" if self.pool_mm else "") if p]
         return "+".join(parts) or ("sobol" if self.design == "sobol" else "none")
@@ -75,9 +78,7 @@ class VarianceReduction:
         out = {"name": self.name, "design": self.design, "pool_fwhm_mm": self.pool_mm,
                "allocation": self.allocation, "control_variate": self.control}
         if self.control:
-            from .controls import POOL_MM
-
-            out["control_slope_fwhm_mm"] = POOL_MM
+            out["control_slope_fwhm_mm"] = self.control_mm
         return out
 
 
@@ -90,16 +91,22 @@ def parse(spec: "str | VarianceReduction", sobol: bool = False) -> VarianceReduc
         raise InputError("variance reduction: expected none, neyman, control, stratified, pooled "
                          "or a + combination")
     design, pool, allocation, control = ("sobol" if sobol else "iid"), 0.0, "proportional", False
+    control_mm = _CONTROL_MM
     for term in spec.strip().lower().split("+"):
         m = re.fullmatch(r"\s*(none|neyman|control|stratified|pooled)\s*(?:\(\s*([0-9.]+)\s*(?:mm)?\s*\))?\s*",
                          term)
         if not m:
             raise InputError(f"variance reduction: cannot parse {term.strip()!r} (use none, "
-                             "neyman, control, stratified, pooled or pooled(4mm), joined by +)")
+                             "neyman, control or control(24mm), stratified, pooled or "
+                             "pooled(4mm), joined by +)")
         if m.group(1) == "neyman":
             allocation = "neyman"
         elif m.group(1) == "control":
             control = True
+            control_mm = float(m.group(2)) if m.group(2) else _CONTROL_MM
+            if not 0 <= control_mm <= 200:
+                raise InputError(f"variance reduction: control slope FWHM must be in [0, 200] mm, "
+                                 f"got {control_mm:g}")
         elif m.group(1) == "stratified":
             design = "stratified"
         elif m.group(1) == "pooled":
@@ -108,7 +115,7 @@ def parse(spec: "str | VarianceReduction", sobol: bool = False) -> VarianceReduc
                 raise InputError(f"variance reduction: pooled FWHM must be in (0, 50] mm, got {pool:g}")
     if design == "stratified" and sobol:
         raise InputError("variance reduction: stratified and --sobol are two designs; pick one")
-    return VarianceReduction(design, pool, allocation, control)
+    return VarianceReduction(design, pool, allocation, control, control_mm)
 
 
 DEFAULT_POOL_MM = 4.0

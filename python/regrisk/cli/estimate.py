@@ -67,8 +67,9 @@ def add_estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sobol", action="store_true", help="quasi-random (scrambled Sobol) draws")
     p.add_argument("--variance-reduction", default=None,
                    help="none (the paper's estimator), neyman (passes allocated to the "
-                   "families whose spread dominates), control (the B-spline displacement as a "
-                   "control variate), stratified, pooled, pooled(4mm) or a + combination; "
+                   "families whose spread dominates), control or control(24mm) (the B-spline "
+                   "displacement as a control variate, its slope smoothed over that FWHM), "
+                   "stratified, pooled, pooled(4mm) or a + combination; "
                    "default neyman+control (none with fewer than 2 samples per family, --sobol "
                    "or --passes > 1)")
     p.add_argument("--precision", type=float, default=None,
