@@ -27,20 +27,12 @@ Array = Any
 POOL_MM = 24.0  # FWHM of the slope smoothing, mm (benchmarks/EVALUATION.md, "Variance reduction")
 
 
-def _sum_sq_weights_1d(n: int, c: int) -> np.ndarray:
-    """sum_k B_k(u)^2 at each of ``n`` voxels along an axis of ``c`` control points, in the
-    B-spline kernel's convention (kernels.bspline_field)."""
-    s = (n - 1) / (c - 3) if n > 1 else 1.0
-    t = np.arange(n, dtype=np.float64) / s + 1.0
-    u = t - np.minimum(np.floor(t), c - 3)
-    b = np.stack([(1 - u) ** 3, 3 * u ** 3 - 6 * u ** 2 + 4, -3 * u ** 3 + 3 * u ** 2 + 3 * u + 1,
-                  u ** 3]) / 6.0
-    return (b ** 2).sum(0)
-
-
 def sum_sq_weights(grid: tuple[int, int, int], control: tuple[int, int, int]) -> np.ndarray:
-    """sum_j W_j(x)^2 over the control points, at every voxel of ``grid`` (separable)."""
-    a, b, c = (_sum_sq_weights_1d(n, k) for n, k in zip(grid, control))
+    """sum_j W_j(x)^2 over the control points, at every voxel of ``grid`` (separable: the
+    product of each axis' sum of squared weights, from the kernel's reference basis)."""
+    from .reference import bspline_basis
+
+    a, b, c = ((bspline_basis(n, k) ** 2).sum(1) for n, k in zip(grid, control))
     return a[:, None, None] * b[None, :, None] * c[None, None, :]
 
 

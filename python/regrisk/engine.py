@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import (io, jacobian, kernels, limits, memory, model_loading, perturbations, provenance,
-               variance)
+               strata, variance)
 from .arrays import to_numpy
 from .backends import Backend
 from .card import ModelCard
@@ -141,11 +141,8 @@ class Estimator:
         passes = limits.integer(passes, "passes", 1, limits.MAX_PASSES)
         seed = limits.seed(seed)
         pert = perturbations.parse(perturbation)
-        if variance_reduction is None:
-            reduction = (variance.parse("none", sobol) if passes > 1 or sobol else
-                         variance.default_for(plan.most, len(pert.families)))
-        else:
-            reduction = variance.parse(variance_reduction, sobol)
+        reduction = (variance.default_for(plan.most, len(pert.families), passes, sobol)
+                     if variance_reduction is None else variance.parse(variance_reduction, sobol))
         if reduction.per_family and plan.most < 2 * len(pert.families):
             raise InputError(f"{reduction.name} needs 2 samples per family: at least "
                              f"{2 * len(pert.families)} for {len(pert.families)} families")
@@ -236,10 +233,9 @@ class Estimator:
 def _accumulators(pert: perturbations.Perturbation, reduction: variance.VarianceReduction,
                   per_family: bool) -> int:
     """Welford accumulators a run holds (statistics.SampleStatistics)."""
-    families = len(pert.families)
-    if reduction.per_family:  # two halves per family, three accumulators each when controlled
-        dense = sum(isinstance(f, perturbations.BSpline) for f in pert.families) if reduction.control else 0
-        return 2 * families + 4 * dense
+    if reduction.per_family:
+        return strata.accumulators(pert.families, reduction.control)
+    families = len(pert.families)  # the plain map, its two halves, the per-family maps
     return 3 + (families if per_family and families > 1 else 0)
 
 

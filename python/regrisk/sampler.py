@@ -47,7 +47,6 @@ class Sampler:
         """``neyman``: each round's draws are split across the families by
         :func:`regrisk.allocation.allocate` (a pilot of 2 per family comes first)."""
         pair, done, precision = self.pair, 0, None
-        drawn: dict[str, int] = {}
         region = precision_region(pair.T)
         bar = _progress_bar(plan.most * self.passes) if progress else None
         try:
@@ -58,8 +57,6 @@ class Sampler:
                                       counts=counts)
                 self.run_draws(draws, first_index=done, bar=bar)
                 done += n
-                for name, c in draws.family_counts().items():
-                    drawn[name] = drawn.get(name, 0) + c
                 if not checkpoint:
                     continue
                 with self.clock.stage("precision"):
@@ -67,12 +64,17 @@ class Sampler:
                 if bar is not None and precision is not None:
                     bar.set_postfix(precision=f"{precision['precision']:.3f}")
                 if plan.adaptive and precision and precision["precision"] >= plan.precision:
-                    return Outcome(done, precision, "precision reached", drawn if neyman else None)
+                    return Outcome(done, precision, "precision reached",
+                                   self._family_samples() if neyman else None)
         finally:
             if bar is not None:
                 bar.close()
         return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K",
-                       drawn if neyman else None)
+                       self._family_samples() if neyman else None)
+
+    def _family_samples(self) -> dict[str, int] | None:
+        strata = self.stats.strata
+        return None if strata is None else dict(zip(strata.names, strata.counts()))
 
     def _allocation(self, n: int, pert: Perturbation, region: np.ndarray) -> list[int] | None:
         from .allocation import allocate

@@ -135,9 +135,9 @@ class SampleStatistics:
         if self.strata is not None:
             if min(self.strata.counts()) < 2:
                 return None
-            return split_half_precision(*(self.strata.sigma(self.strata.moments(h)[1],
-                                                            self.pool_mm) for h in (0, 1)),
-                                        region)
+            strata = self.strata
+            return split_half_precision(*(strata.sigma(strata.mixture(strata.family_table(h))[1],
+                                                       self.pool_mm) for h in (0, 1)), region)
         if min(h.count for h in self.halves) < 2:
             return None
         return split_half_precision(*(self.sigma_of(h, M) for h in self.halves), region)
@@ -147,20 +147,19 @@ class SampleStatistics:
         (None before every family has 2 samples)."""
         if self.strata is None or min(self.strata.counts()) < 2:
             return None
-        out = []
-        for n in self.strata.names:
-            var = to_numpy(self.strata.family_moments(n)[1].sum(0)).ravel()[region]
-            out.append(float(np.maximum(var.astype(np.float64), 0).mean()))
-        return out
+        table = self.strata.family_table()
+        return [float(np.maximum(to_numpy(table[n][1].sum(0)).ravel()[region].astype(np.float64),
+                                 0).mean()) for n in self.strata.names]
 
     def finalise(self, M: np.ndarray) -> GridMaps:
         if self.strata is not None:
-            strata, pool = self.strata, self.pool_mm
-            mean, var = strata.moments()
-            maps = GridMaps(strata.sigma(var, pool), strata.sigma(var, pool, axes=True), mean)
+            strata, xp = self.strata, self.xp
+            table = strata.family_table()
+            mean, var = strata.mixture(table)
+            var = strata.pooled(var, self.pool_mm)  # once, for sigma and the per-axis maps
+            maps = GridMaps(xp.sqrt(var.sum(0)), xp.sqrt(var), mean)
             if self.per_family:
-                maps.families = {n: strata.sigma(strata.family_moments(n)[1], pool)
-                                 for n in strata.names}
+                maps.families = {n: strata.sigma(table[n][1], self.pool_mm) for n in strata.names}
             return maps
         if self.pool_mm:
             cov = self.all.covariance

@@ -69,10 +69,6 @@ class Strata:
         new = lambda: self.ops.Welford(self.grid, like=self.like)  # noqa: E731
         return _Half(new(), new(), new()) if dense else _Half(new())
 
-    @property
-    def accumulators(self) -> int:
-        return sum(len(h.accumulators()) for s in self.strata.values() for h in s.halves)
-
     def counts(self) -> list[int]:
         return [sum(h.g.count for h in self.strata[n].halves) for n in self.names]
 
@@ -113,25 +109,33 @@ class Strata:
                                       self.spacing, self.control_mm)
         return h.g.mean, var, n
 
-    def moments(self, half: int | None = None) -> tuple[Array, Array]:
-        """Mixture (mean voxels, variance per world axis) from every sample or one half (a
-        family with no sample in that half is left out of it)."""
-        means, variances, counts, weights = [], [], [], []
+    def family_table(self, half: int | None = None) -> dict[str, tuple[Array, Array, int]]:
+        """:meth:`family_moments` of every family with a sample (in all, or in ``half``)."""
         totals = self.counts()
-        for name, w, total in zip(self.names, self.weights, totals):
-            if (total if half is None else self.strata[name].halves[half].g.count) == 0:
-                continue
-            m, v, n = self.family_moments(name, half)
-            means.append(m)
-            variances.append(v)
-            counts.append(n)
-            weights.append(w)
+        return {name: self.family_moments(name, half)
+                for name, total in zip(self.names, totals)
+                if (total if half is None else self.strata[name].halves[half].g.count) > 0}
+
+    def mixture(self, table: dict[str, tuple[Array, Array, int]]) -> tuple[Array, Array]:
+        """Mixture (mean voxels, variance per world axis) of the families in ``table`` (a
+        family with no sample in a half is left out of that half)."""
+        weights = [w for n, w in zip(self.names, self.weights) if n in table]
+        means, variances, counts = zip(*(table[n] for n in self.names if n in table))
         return mixture_moments(means, variances, counts, weights, self.M)
 
-    def sigma(self, var3: Array, pool_mm: float, axes: bool = False) -> Array:
-        """sigma (sqrt of the summed variances) or the per-axis maps, pooled when asked;
-        negative variances (sampling noise of the control) clamp at 0, NaN stays NaN."""
+    def pooled(self, var3: Array, pool_mm: float) -> Array:
+        """Variances pooled when asked; negative ones (sampling noise of the control) clamp at
+        0, NaN stays NaN."""
         if pool_mm:
             var3 = pool_covariance(var3, pool_mm, self.spacing)
-        var3 = self.xp.maximum(var3, 0)
-        return self.xp.sqrt(var3) if axes else self.xp.sqrt(var3.sum(0))
+        return self.xp.maximum(var3, 0)
+
+    def sigma(self, var3: Array, pool_mm: float) -> Array:
+        """sigma: the root of the summed (pooled) variances."""
+        return self.xp.sqrt(self.pooled(var3, pool_mm).sum(0))
+
+
+def accumulators(families: list[Any], control: bool) -> int:
+    """Welford accumulators a :class:`Strata` holds: per family two halves of one, or of three
+    for a controlled family (g, d, g + d)."""
+    return sum(2 * (3 if control and isinstance(f, BSpline) else 1) for f in families)

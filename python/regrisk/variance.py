@@ -124,9 +124,13 @@ DEFAULT_POOL_MM = 4.0
 DEFAULT = "neyman+control"
 
 
-def default_for(samples: int, families: int) -> VarianceReduction:
-    """The default estimator for a run of at most ``samples`` draws over ``families``."""
-    return parse(DEFAULT if families < 2 or samples >= 2 * families else "none")
+def default_for(samples: int, families: int, passes: int = 1,
+                sobol: bool = False) -> VarianceReduction:
+    """The default estimator for a run of at most ``samples`` draws over ``families``: the
+    paper's where K leaves fewer than 2 draws per family, for the nested design (``passes``
+    > 1) and for Sobol draws."""
+    plain = passes > 1 or sobol or (families > 1 and samples < 2 * families)
+    return parse("none" if plain else DEFAULT, sobol)
 
 
 def pool_covariance(cov6: Array, fwhm_mm: float, spacing_mm: np.ndarray) -> Array:
