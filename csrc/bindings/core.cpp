@@ -14,6 +14,8 @@
 // The ops (bind_kernels calls their Threads overloads, the C++/OpenMP builds), then the shared
 // binding.
 #include "bspline/bspline.h"
+#include "demons/checks.h"
+#include "demons/demons.h"
 #include "compose/compose.h"
 #include "warp/warp.h"
 #include "welford/welford.h"
@@ -48,6 +50,29 @@ struct HostKernels {
   }
   static py::arg_v where_arg() { return py::arg("threads") = 0; }
 };
+
+// CPU only (demons/demons.h says why), so bound here rather than in bindings/kernels.h.
+void bind_demons(py::module_& m) {
+  m.def(
+      "demons_step",
+      [](py::handle sw_obj, py::handle t_obj, py::handle gt_obj, py::handle u_obj,
+         py::handle kernel_obj, py::handle out_obj, float tau, float alpha, float eps,
+         int threads) {
+        using regrisk::bindings::host_array;
+        const regrisk::Array sw = host_array(sw_obj, "sw"), t = host_array(t_obj, "t"),
+                             gt = host_array(gt_obj, "gt"), u = host_array(u_obj, "u"),
+                             kernel = host_array(kernel_obj, "kernel"),
+                             out = host_array(out_obj, "out");
+        regrisk::check_demons_step(sw, t, gt, u, kernel, out, tau, alpha, eps);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::demons_step(sw, t, gt, u, kernel, out, tau, alpha, eps, team);
+      },
+      "One fused step of unrolled ESM demons (csrc/demons/demons.h). threads: OpenMP team "
+      "size (0: the default).",
+      py::arg("sw"), py::arg("t"), py::arg("gt"), py::arg("u"), py::arg("kernel"),
+      py::arg("out"), py::arg("tau"), py::arg("alpha"), py::arg("eps"), py::arg("threads") = 0);
+}
 
 void set_num_threads(int n) { regrisk::cpu::set_default_threads(checked_threads(n, "n", 1)); }
 
@@ -105,6 +130,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "regrisk CPU kernels (C++/OpenMP). Use regrisk.kernels, which validates and "
             "dispatches.";
   regrisk::bindings::bind_kernels<HostKernels>(m);
+  bind_demons(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");
   m.def("get_num_threads", &regrisk::cpu::default_threads);

@@ -38,6 +38,7 @@ __all__ = [
     "bspline_field",
     "covariance_sigma",
     "Welford",
+    "demons_step",
     "set_num_threads",
     "get_num_threads",
     "build_info",
@@ -310,6 +311,30 @@ def bspline_field(control: Any, shape: Any, threads: int | None = None) -> Any:
     out = xp.empty((ctrl5.shape[0], 3) + grid, dtype=np.float32)
     impl.bspline_field(ctrl5, out)
     return out if batched else out[0]
+
+
+# --- demons ---------------------------------------------------------------------------------
+
+
+def demons_step(sw: Any, t: Any, gt: Any, u: Any, kernel: Any, *, tau: float, alpha: float,
+                eps: float, threads: int | None = None) -> Any:
+    """One step of unrolled ESM demons (the default network's refinement), fused:
+    G * (u - tau d g / (|g|^2 + alpha d^2 + eps)) with d = sw - t and g = (gt + grad sw) / 2.
+
+    sw, t: (B,1,D,H,W) the source warped by u, and the target; gt: (B,3,D,H,W) the target's
+    central-difference gradient (zero on the faces); u: (B,3,D,H,W) in voxels; kernel: the
+    odd-length 1-D Gaussian G applies along i, j and k with replicated borders. NumPy only (the
+    staged graphs that use it run on CPU backends).
+    """
+    for name, a in (("sw", sw), ("t", t), ("gt", gt), ("u", u)):
+        if _is_cupy(a):
+            raise ValueError(f"{name}: demons_step runs on the CPU; got a CuPy array")
+    w = np.ascontiguousarray(np.asarray(kernel, dtype=np.float64), dtype=np.float32)
+    if w.ndim != 1 or not np.isfinite(w).all():
+        raise ValueError("kernel: expected a finite 1-D array")
+    out = np.empty_like(u)
+    _core.demons_step(sw, t, gt, u, w, out, float(tau), float(alpha), float(eps), _threads(threads))
+    return out
 
 
 # --- sigma from a covariance ---------------------------------------------------------------

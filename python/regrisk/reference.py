@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "covariance_sigma",
-           "covariance_axis_sigma", "Welford"]
+           "covariance_axis_sigma", "Welford", "demons_step"]
 
 
 def trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -225,3 +225,37 @@ class Welford:
 
     def axis_sigma(self, M: Any = None) -> np.ndarray:
         return np.sqrt(np.maximum(self._mapped(M), 0)).astype(np.float32)
+
+
+def _central(x: np.ndarray, axis: int) -> np.ndarray:
+    """(x[n+1] - x[n-1]) / 2 along ``axis``, zero on its first and last plane."""
+    g = np.zeros_like(x)
+    inner = [slice(None)] * x.ndim
+    hi, lo = list(inner), list(inner)
+    inner[axis], hi[axis], lo[axis] = slice(1, -1), slice(2, None), slice(None, -2)
+    g[tuple(inner)] = 0.5 * (x[tuple(hi)] - x[tuple(lo)])
+    return g
+
+
+def _replicate_smooth(v: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
+    """sum_q w[q] v[clamp(n + q - R)] along ``axis``."""
+    r = len(kernel) // 2
+    pad = [(0, 0)] * v.ndim
+    pad[axis] = (r, r)
+    padded = np.pad(v, pad, mode="edge")
+    n = v.shape[axis]
+    return sum(w * np.take(padded, np.arange(q, q + n), axis=axis) for q, w in enumerate(kernel))
+
+
+def demons_step(sw: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, kernel: Any,
+                tau: float, alpha: float, eps: float) -> np.ndarray:
+    """Reference of kernels.demons_step: G * (u - tau d g / (|g|^2 + alpha d^2 + eps)) with
+    d = sw - t, g = (gt + grad sw) / 2; (B, 1, ...) images, (B, 3, ...) fields."""
+    sw, t, gt, u = (np.asarray(a, dtype=np.float64) for a in (sw, t, gt, u))
+    w = np.asarray(kernel, dtype=np.float64)
+    d = sw - t
+    g = 0.5 * (gt + np.concatenate([_central(sw, axis) for axis in (2, 3, 4)], axis=1))
+    v = u - tau * d * g / ((g * g).sum(axis=1, keepdims=True) + alpha * d * d + eps)
+    for axis in (2, 3, 4):
+        v = _replicate_smooth(v, w, axis)
+    return v.astype(np.float32)

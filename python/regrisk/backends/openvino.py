@@ -8,7 +8,8 @@ whose GridSamples are rewritten as gathers (``backends.gridsample``).
 
 options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds one; arrays still
 cross as NumPy), ``precision`` ("f32" default; "bf16" or "f16" opt in: OpenVINO's inference
-precision hint), ``gridsample`` ("staged" default, or "rewrite"), ``cache_dir`` (OpenVINO's
+precision hint), ``gridsample`` ("staged" default, or "rewrite"), ``native`` (True default:
+in a staged graph, regions regrisk runs natively, ``backends.native_demons``), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
 ``$XDG_CACHE_HOME/regrisk/openvino``, else ``~/.cache/regrisk/openvino``; ``""`` turns it off).
 The cache only shortens compilation (the staged default model: 11 s -> 4.5 s at the second
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
-from . import Array, Backend, ModelSource
+from . import Array, Backend, ModelSource, native_demons
 from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
@@ -99,6 +100,8 @@ class OpenVinoBackend(Backend):
         self.output_name = card.output.name
         self.fixed_batch = card.batch_size if card.batch == "fixed" else None
         self._models: dict[int, Any] = {}
+        self.native = bool(options.get("native", True))
+        self.fused: list[str] = []
         graph = _onnx_model(model)
         cuts = five_d_gridsamples(graph)
         self.staged: StagedGraph | None = None
@@ -106,13 +109,26 @@ class OpenVinoBackend(Backend):
         if cuts and self.gridsample_mode == "rewrite":
             rewrite_gridsample(graph)
         if cuts and self.gridsample_mode == "staged":
-            from ..kernels import Bound
-
-            self.staged = StagedGraph(split(graph, cuts), self._compile_stage,
-                                      Bound(self.threads).warp)
+            self.staged = self._staged(graph)
         else:
             self.network = self._read(graph.SerializeToString())
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
+
+    def _staged(self, graph: Any) -> StagedGraph:
+        """The graph in stages; with ``native`` (default) a region regrisk runs natively (the
+        default network's demons, ``backends.native_demons``) is one part instead of ~120."""
+        from ..kernels import Bound
+
+        natives = {}
+        fused = native_demons.fuse(graph) if self.native else None
+        if fused is not None:
+            graph, spec = fused
+            natives[native_demons.OP] = native_demons.runner(spec, self.threads)
+            self.fused.append(native_demons.OP)
+        cuts = sorted(set(five_d_gridsamples(graph))
+                      | {i for i, n in enumerate(graph.graph.node) if n.op_type in natives})
+        return StagedGraph(split(graph, cuts, natives), self._compile_stage,
+                           Bound(self.threads).warp)
 
     # -- compilation ----------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -193,6 +209,7 @@ class OpenVinoBackend(Backend):
             info["gridsample"] = self.gridsample
             if self.staged is not None:
                 info.update(self.staged.counts)
+                info["native_parts"] = list(self.fused)
         return info
 
     def close(self) -> None:

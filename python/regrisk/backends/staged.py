@@ -48,6 +48,16 @@ class Stage:
 
 
 @dataclass
+class Native:
+    """A node of regrisk's own domain (e.g. the fused demons, ``backends.native_demons``), run
+    by ``run(inputs in order) -> outputs in order``."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[list[Array]], list[Array]]
+
+
+@dataclass
 class Sample:
     """One 5-D GridSample, run by the warp kernel."""
 
@@ -58,18 +68,25 @@ class Sample:
     align_corners: bool
 
 
-def split(model: Any, cuts: Sequence[int]) -> list[Stage | Sample]:
-    """``model`` cut at the GridSample nodes at indices ``cuts`` (of ``model.graph.node``, which
-    ONNX keeps in topological order) into stages and samples, in run order."""
+def split(model: Any, cuts: Sequence[int],
+          natives: Mapping[str, Callable[[list[Array]], list[Array]]] | None = None
+          ) -> list[Stage | Sample | Native]:
+    """``model`` cut at the nodes at indices ``cuts`` (of ``model.graph.node``, which ONNX keeps
+    in topological order) into stages, samples (GridSample nodes) and native parts (nodes
+    whose op type ``natives`` maps to the function that runs them), in run order."""
     nodes = list(model.graph.node)
     context = _Context(model)
-    parts: list[Stage | Sample] = []
+    natives = dict(natives or {})
+    parts: list[Stage | Sample | Native] = []
     start = 0
     for cut in list(cuts) + [len(nodes)]:
         piece = [n for n in nodes[start:cut] if n.op_type != "Constant"]
         if piece:
             parts.append(_stage(context, piece, cut))
-        if cut < len(nodes):
+        if cut < len(nodes) and nodes[cut].op_type in natives:
+            node = nodes[cut]
+            parts.append(Native(tuple(node.input), tuple(node.output), natives[node.op_type]))
+        elif cut < len(nodes):
             gs = nodes[cut]
             mode, padding, align = gridsample_attributes(gs)
             if mode not in ("linear", "bilinear") or padding not in ("border", "zeros"):
@@ -165,7 +182,7 @@ class StagedGraph:
     """Runs ``parts`` in order: stages through ``compile_stage`` (compiled once per shape of
     their feeds, given the graph with those shapes declared), samples through ``warp``."""
 
-    def __init__(self, parts: list[Stage | Sample], compile_stage: StageCompiler,
+    def __init__(self, parts: list[Stage | Sample | Native], compile_stage: StageCompiler,
                  warp: Callable[..., Array]) -> None:
         self.parts = parts
         self.compile_stage = compile_stage
@@ -180,7 +197,8 @@ class StagedGraph:
     @property
     def counts(self) -> dict[str, int]:
         return {"stages": sum(isinstance(p, Stage) for p in self.parts),
-                "samples": sum(isinstance(p, Sample) for p in self.parts)}
+                "samples": sum(isinstance(p, Sample) for p in self.parts),
+                "native": sum(isinstance(p, Native) for p in self.parts)}
 
     def run(self, feeds: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         values: dict[str, Array] = dict(feeds)
@@ -188,6 +206,9 @@ class StagedGraph:
             if isinstance(part, Sample):
                 values[part.output] = gridsample_as_warp(values[part.volume], values[part.grid],
                                                          part.border, part.align_corners, self.warp)
+                continue
+            if isinstance(part, Native):
+                values.update(zip(part.outputs, part.run([values[n] for n in part.inputs])))
                 continue
             stage_feeds = {n: values[n] for n in part.inputs}
             key = (i, tuple((n, a.shape) for n, a in stage_feeds.items()))

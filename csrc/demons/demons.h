@@ -1,0 +1,22 @@
+// One step of unrolled ESM demons, the fixed arithmetic of the default network's refinement
+// (exporters/default_model/network.py, DemonsRefine), fused into one pass over the volume:
+//
+//   d = sw - t,  g = (gt + grad(sw)) / 2,  v = u - tau d g / (|g|^2 + alpha d^2 + eps),
+//   out = G * v  (separable Gaussian along i, j, k; replicate borders)
+//
+// grad is the central difference (x[n+1] - x[n-1]) / 2, zero on the first and last plane of its
+// axis. Arrays: sw, t (B, 1, D, H, W): the source warped by u and the target; gt (B, 3, ...):
+// grad(t); u, out (B, 3, ...) in voxels; kernel (n,) odd, the 1-D Gaussian. CPU only: staged
+// graphs (the only callers) run on CPU backends; GPU runtimes take the whole graph.
+#pragma once
+
+#include "common/array.h"
+#include "common/execution.h"
+
+namespace regrisk {
+
+void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& u,
+                 const Array& kernel, const Array& out, float tau, float alpha, float eps,
+                 Threads threads);
+
+}  // namespace regrisk

@@ -1,0 +1,186 @@
+"""The default network's unrolled demons, run by regrisk's own kernel inside a staged graph.
+
+The packaged network refines with 60 demons iterations (``DemonsRefine`` in
+exporters/default_model/network.py: 20 at each of 1/8, 1/4 and 1/2 resolution). Exported to
+ONNX each iteration is ~230 small nodes around a 5-D GridSample, so a staged run is 61 backend
+calls on tiny tensors, where per-node overhead, not arithmetic, is the cost (about 240 ms of a
+530 ms pass in OpenVINO). :func:`fuse` finds that region by its module's node names, checks its
+shape (levels, steps, learned steps, Gaussian), and replaces it with one ``DemonsRefine`` node
+of regrisk's domain, which :func:`run` executes with :func:`regrisk.kernels.warp` and the fused
+:func:`regrisk.kernels.demons_step`. A graph that does not match exactly is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DOMAIN = "ai.regrisk"
+OP = "DemonsRefine"
+PREFIX = "/refine/"  # torch's export names nodes by module path
+EPS = 1e-4           # the force's constant in network.py
+
+
+@dataclass(frozen=True)
+class DemonsSpec:
+    """What the region computes: per level (coarse to fine) its pooling factor, step and force
+    normalisation (after softplus), and the Gaussian smoothing every step's field."""
+
+    levels: tuple[int, ...]
+    steps: int
+    tau: tuple[float, ...]
+    alpha: tuple[float, ...]
+    kernel: tuple[float, ...]
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, x.astype(np.float64))
+
+
+def _constant(model: Any, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _spec(model: Any, region: list[Any]) -> DemonsSpec | None:
+    from onnx import helper
+
+    pools = [n for n in region if n.op_type == "AveragePool"]
+    samples = [n for n in region if n.op_type == "GridSample"]
+    convs = [n for n in region if n.op_type == "Conv"]
+    tau, alpha = _constant(model, "refine.tau"), _constant(model, "refine.alpha")
+    if tau is None or alpha is None or not pools or len(pools) != 2 * tau.size or not convs:
+        return None
+    levels = []
+    for a, b in zip(pools[::2], pools[1::2]):
+        ka = helper.get_attribute_value(next(x for x in a.attribute if x.name == "kernel_shape"))
+        kb = helper.get_attribute_value(next(x for x in b.attribute if x.name == "kernel_shape"))
+        if list(ka) != list(kb) or len(set(ka)) != 1:
+            return None
+        levels.append(int(ka[0]))
+    weight = _constant(model, convs[0].input[1])
+    if weight is None or weight.ndim != 5 or len(samples) % len(levels):
+        return None
+    kernel = weight.reshape(weight.shape[0], -1)[0]
+    if kernel.size % 2 != 1 or not np.isfinite(kernel).all():
+        return None
+    return DemonsSpec(tuple(levels), len(samples) // len(levels),
+                      tuple(float(v) for v in _softplus(tau.ravel())),
+                      tuple(float(v) for v in _softplus(alpha.ravel())),
+                      tuple(float(v) for v in kernel))
+
+
+def fuse(model: Any) -> tuple[Any, DemonsSpec] | None:
+    """A copy of ``model`` with its demons region replaced by one ``DemonsRefine`` node, and
+    the region's spec; None when the graph has no such region or it does not match."""
+    from onnx import ModelProto, helper
+
+    nodes = list(model.graph.node)
+    region = [n for n in nodes if n.name.startswith(PREFIX)]
+    if not region:
+        return None
+    spec = _spec(model, region)
+    if spec is None:
+        return None
+    pools = [n for n in region if n.op_type == "AveragePool"]
+    source, target = pools[0].input[0], pools[1].input[0]
+    # kept: constants, and pools of the two inputs (later parts of the graph share them)
+    keep = {id(n) for n in region
+            if n.op_type == "Constant" or (n.op_type == "AveragePool" and n.input[0] in (source, target))}
+    removed = [n for n in region if id(n) not in keep]
+    made = {o for n in removed for o in n.output}
+    later = {i for n in nodes if n.name and not n.name.startswith(PREFIX) for i in n.input}
+    later |= {o.name for o in model.graph.output}
+    out = [o for o in made if o in later]
+    if len(out) != 1:
+        return None
+    fused = helper.make_node(OP, [source, target], out, name=PREFIX + OP, domain=DOMAIN)
+    gone = {id(n) for n in removed}
+    first = next(i for i, n in enumerate(nodes) if id(n) in gone)
+    rebuilt = nodes[:first] + [fused] + [n for n in nodes[first:] if id(n) not in gone]
+    if not _closed(model, rebuilt):
+        return None
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(rebuilt)
+    copy.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return copy, spec
+
+
+def _closed(model: Any, nodes: list[Any]) -> bool:
+    """Every node reads only graph inputs, initializers or earlier nodes' outputs."""
+    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    for n in nodes:
+        if any(i not in known for i in n.input):
+            return False
+        known.update(n.output)
+    return all(o.name in known for o in model.graph.output)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def _pool(x: np.ndarray, f: int) -> np.ndarray:
+    """AveragePool with a cubic kernel and stride f, no padding (trailing remainders dropped)."""
+    b, c, *g = x.shape
+    n = [s // f for s in g]
+    x = x[:, :, :n[0] * f, :n[1] * f, :n[2] * f]
+    return x.reshape(b, c, n[0], f, n[1], f, n[2], f).mean(axis=(3, 5, 7), dtype=np.float32)
+
+
+def _upsample2(u: np.ndarray) -> np.ndarray:
+    """Linear x2 along the three spatial axes, half-pixel centres, edges clamped (ONNX Resize
+    ``half_pixel``, torch ``align_corners=False``): out[2m] = .75 x[m] + .25 x[m-1],
+    out[2m+1] = .75 x[m] + .25 x[m+1]."""
+    for axis in (2, 3, 4):
+        lo = np.concatenate([np.take(u, [0], axis=axis), np.take(u, range(u.shape[axis] - 1), axis=axis)], axis=axis)
+        hi = np.concatenate([np.take(u, range(1, u.shape[axis]), axis=axis), np.take(u, [-1], axis=axis)], axis=axis)
+        even, odd = 0.75 * u + 0.25 * lo, 0.75 * u + 0.25 * hi
+        u = np.stack([even, odd], axis=axis + 1).reshape(
+            *u.shape[:axis], 2 * u.shape[axis], *u.shape[axis + 1:])
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+def _gradient(x: np.ndarray) -> np.ndarray:
+    from ..reference import _central
+
+    return np.ascontiguousarray(np.concatenate([_central(x, a) for a in (2, 3, 4)], axis=1))
+
+
+def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int | None) -> np.ndarray:
+    """The region's output for (B, 1, D, H, W) normalised images: the field at the last level's
+    resolution, in full-resolution voxels."""
+    from .. import kernels
+
+    kernel = np.asarray(spec.kernel, dtype=np.float32)
+    u = None
+    for level, f in enumerate(spec.levels):
+        s = np.ascontiguousarray(_pool(source, f) if f > 1 else source, dtype=np.float32)
+        t = np.ascontiguousarray(_pool(target, f) if f > 1 else target, dtype=np.float32)
+        u = (np.zeros((t.shape[0], 3, *t.shape[2:]), np.float32) if u is None
+             else np.ascontiguousarray(2.0 * _upsample2(u), dtype=np.float32))
+        gt = _gradient(t)
+        for _ in range(spec.steps):
+            sw = kernels.warp(s, u, mode="border", threads=threads)
+            u = kernels.demons_step(sw, t, gt, u, kernel, tau=spec.tau[level],
+                                    alpha=spec.alpha[level], eps=EPS, threads=threads)
+    return u * np.float32(spec.levels[-1])
+
+
+def runner(spec: DemonsSpec, threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """run() as a staged graph's native part: feeds by position -> outputs by position."""
+    def call(feeds: list[np.ndarray]) -> list[np.ndarray]:
+        source, target = feeds
+        return [run(spec, np.asarray(source, np.float32), np.asarray(target, np.float32), threads)]
+    return call

@@ -1,0 +1,140 @@
+"""The fused demons step (native kernel against its NumPy reference) and the default network's
+demons region run natively in a staged graph (against the eager torch module rebuilt from the
+graph's weights, and the whole graph against ONNX Runtime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from regrisk import kernels, model_loading, reference
+from regrisk.backends import create_backend, native_demons, unavailable
+
+GAUSS = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2) / np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2).sum()
+
+
+def _inputs(rng, batch: int, grid: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    sw, t = (rng.random((batch, 1, *grid), dtype=np.float32) for _ in range(2))
+    gt, u = (rng.standard_normal((batch, 3, *grid)).astype(np.float32) for _ in range(2))
+    return sw, t, gt, u
+
+
+@pytest.mark.parametrize("batch, grid, taps", [
+    (1, (7, 9, 11), 9), (2, (10, 12, 10), 9), (1, (1, 3, 2), 5), (1, (40, 48, 40), 9),
+    (1, (6, 5, 4), 1), (3, (3, 20, 17), 7)])
+def test_demons_step_matches_reference(rng, batch, grid, taps) -> None:
+    sw, t, gt, u = _inputs(rng, batch, grid)
+    kernel = rng.random(taps)
+    got = kernels.demons_step(sw, t, gt, u, kernel, tau=0.7, alpha=1.6, eps=1e-4)
+    want = reference.demons_step(sw, t, gt, u, kernel.astype(np.float32), 0.7, 1.6, 1e-4)
+    assert got.shape == u.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_demons_step_reference_by_hand() -> None:
+    """One voxel's update from the formula, no smoothing (kernel [1]): d = 1, g = (gt + 0) / 2
+    on a constant warped source, so v = u - tau d g / (|g|^2 + alpha d^2 + eps)."""
+    grid = (3, 3, 3)
+    sw, t = np.full((1, 1, *grid), 2.0, np.float32), np.ones((1, 1, *grid), np.float32)
+    gt = np.zeros((1, 3, *grid), np.float32)
+    gt[:, 0] = 2.0  # g = (1, 0, 0)
+    u = np.zeros((1, 3, *grid), np.float32)
+    got = kernels.demons_step(sw, t, gt, u, [1.0], tau=0.5, alpha=3.0, eps=1e-4)
+    np.testing.assert_allclose(got[0, 0], -0.5 / (1.0 + 3.0 + 1e-4), rtol=1e-6)
+    assert np.all(got[0, 1:] == 0.0)
+
+
+def test_demons_step_is_the_same_for_any_thread_count(rng) -> None:
+    sw, t, gt, u = _inputs(rng, 1, (24, 30, 28))
+    one = kernels.demons_step(sw, t, gt, u, GAUSS, tau=1.0, alpha=1.0, eps=1e-4, threads=1)
+    two = kernels.demons_step(sw, t, gt, u, GAUSS, tau=1.0, alpha=1.0, eps=1e-4, threads=2)
+    assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(t=a["t"][:, :1].repeat(2, axis=1)), "t: axis 1"),
+    (lambda a: a.update(u=a["u"][:, :, :-1].copy()), "u: axis 2"),
+    (lambda a: a.update(kernel=np.ones(4)), "odd"),
+    (lambda a: a.update(kernel=np.array([1.0, np.nan, 1.0])), "finite"),
+    (lambda a: a.update(tau=float("nan")), "finite"),
+    (lambda a: a.update(gt=a["gt"].astype(np.float64)), "gt: expected float32"),
+])
+def test_demons_step_rejects_bad_arguments(rng, change, message) -> None:
+    sw, t, gt, u = _inputs(rng, 1, (5, 6, 7))
+    args = {"sw": sw, "t": t, "gt": gt, "u": u, "kernel": GAUSS, "tau": 1.0}
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        kernels.demons_step(args["sw"], args["t"], args["gt"], args["u"], args["kernel"],
+                            tau=args["tau"], alpha=1.0, eps=1e-4)
+
+
+# --- the default network's region ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_graph():
+    return model_loading.load_graph(model_loading.packaged_model_path("default"))
+
+
+def test_fuse_finds_the_default_networks_demons(default_graph) -> None:
+    fused, spec = native_demons.fuse(default_graph)
+    assert spec.levels == (8, 4, 2) and spec.steps == 20  # network.py's DemonsRefine defaults
+    assert abs(sum(spec.kernel) - 1.0) < 1e-5 and len(spec.kernel) == 9  # sigma 2 -> 9 taps
+    assert all(v > 0 for v in spec.tau + spec.alpha)  # softplus of the learned values
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count(native_demons.OP) == 1
+    assert ops.count("GridSample") == 2  # the U-Net's input warp and the final composition
+    assert len(default_graph.graph.node) == 15050  # the input is left as it was
+
+
+def test_fuse_leaves_other_graphs_alone(default_graph) -> None:
+    from onnx import ModelProto
+
+    tampered = ModelProto()
+    tampered.CopyFrom(default_graph)
+    for t in tampered.graph.initializer:
+        if t.name == "refine.tau":
+            t.name = "refine.tau_renamed"
+    assert native_demons.fuse(tampered) is None
+    unet = ModelProto()
+    unet.CopyFrom(default_graph)
+    for n in unet.graph.node:
+        n.name = n.name.replace("/refine/", "/other/")
+    assert native_demons.fuse(unet) is None
+
+
+def test_native_region_equals_the_eager_module(default_graph) -> None:
+    """Independent arithmetic: torch's DemonsRefine with the graph's own weights."""
+    torch = pytest.importorskip("torch")
+    from regrisk.exporters.default_model.from_onnx import module_from_onnx
+
+    net = module_from_onnx(model_loading.packaged_model_path("default"))
+    rng = np.random.default_rng(5)
+    from scipy.ndimage import gaussian_filter
+
+    images = [gaussian_filter(rng.random((80, 96, 80)), 2.0)[None, None].astype(np.float32)
+              for _ in range(2)]
+    with torch.no_grad():
+        s, t = (net.normalize(torch.from_numpy(x)) for x in images)
+        want = net.refine(s, t).numpy()
+    _, spec = native_demons.fuse(default_graph)
+    got = native_demons.run(spec, s.numpy(), t.numpy(), threads=2)
+    assert np.abs(want).max() > 0.5  # the demons moved something, in voxels
+    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
+
+
+@pytest.mark.skipif(unavailable("openvino") is not None,
+                    reason=f"openvino: {unavailable('openvino')}")
+def test_openvino_runs_the_region_natively_and_can_be_told_not_to() -> None:
+    resolved = model_loading.resolve("default")
+    rng = np.random.default_rng(9)
+    feeds = {n: rng.random((2, 1, 80, 96, 80), dtype=np.float32) for n in ("source", "target")}
+    outs, infos = {}, {}
+    for native in (True, False):
+        with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
+                            options={"native": native}) as b:
+            outs[native], infos[native] = b.run(feeds), b.describe()
+    assert infos[True]["native_parts"] == [native_demons.OP] and infos[True]["native"] == 1
+    assert infos[False]["native_parts"] == [] and infos[False]["stages"] == 63
+    assert infos[True]["stages"] < 10
+    assert float(np.abs(outs[True] - outs[False]).max() / np.abs(outs[False]).max()) <= 1e-5
