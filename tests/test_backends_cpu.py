@@ -47,7 +47,7 @@ def test_openvino_matches_onnxruntime(tmp_path, rng, layout, batch) -> None:
         # agree to a few ulps of the centroid, not of their small difference
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert (info["backend"], info["openvino_device"], info["precision"], info["threads"],
-            info["runs_at"]) == ("openvino", "CPU", "f32", 1, "f32")
+            info["runs_at"], info["precision_requested"]) == ("openvino", "CPU", "f32", 1, "f32", "auto")
     assert info["fixed_batch"] == (2 if batch == 2 else None)
 
 

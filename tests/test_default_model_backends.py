@@ -48,10 +48,37 @@ def test_default_graph_is_the_trained_network(pair) -> None:
                     reason=f"openvino: {unavailable('openvino')}")
 def test_default_graphs_run_on_openvino(pair) -> None:
     want = _run("default", "onnxruntime", pair)
-    got = _run("default", "openvino", pair)
+    got = _run("default", "openvino", pair, precision="f32")  # "auto" may be bf16: see below
     assert _rel(got, want) <= 1e-5
     resolved = model_loading.resolve("default-stochastic")
     with create_backend(resolved.source, resolved.card, name="openvino", threads=2) as b:
         first, second = b.run(pair), b.run(pair)
     assert np.all(np.isfinite(first)) and not np.array_equal(first, second)  # dropout samples
     assert _rel(first, want) < 0.5  # the same network with some channels dropped
+
+
+@pytest.mark.skipif(unavailable("openvino") is not None,
+                    reason=f"openvino: {unavailable('openvino')}")
+def test_auto_precision_runs_the_measured_default_at_bf16_where_the_cpu_has_it(pair) -> None:
+    """"auto" picks bf16 only for graphs whose map agreement was measured (the packaged default,
+    by its sha256: a retrained model must be measured again) and only for the stages with dense
+    convolutions (the U-Net); f32 elsewhere and on CPUs without native bf16."""
+    import hashlib
+
+    import openvino as ov
+
+    from regrisk.backends.openvino import BF16_MEASURED
+
+    path = model_loading.packaged_model_path("default")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in BF16_MEASURED
+    resolved = model_loading.resolve("default")
+    with create_backend(resolved.source, resolved.card, name="openvino", threads=2) as b:
+        got, info = b.run(pair), b.describe()
+    want = _run("default", "openvino", pair, precision="f32")
+    assert info["precision_requested"] == "auto"
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert (info["precision"], info["runs_at"]) == ("bf16", "bf16+f32")
+        assert 0.0 < _rel(got, want) <= 1e-2  # bf16 rounding, not another network
+    else:
+        assert (info["precision"], info["runs_at"]) == ("f32", "f32")
+        assert _rel(got, want) <= 1e-6

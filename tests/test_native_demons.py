@@ -132,7 +132,7 @@ def test_openvino_runs_the_region_natively_and_can_be_told_not_to() -> None:
     outs, infos = {}, {}
     for native in (True, False):
         with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
-                            options={"native": native}) as b:
+                            options={"native": native, "precision": "f32"}) as b:
             outs[native], infos[native] = b.run(feeds), b.describe()
     assert infos[True]["native_parts"] == [native_demons.OP] and infos[True]["native"] == 1
     assert infos[False]["native_parts"] == [] and infos[False]["stages"] == 63

@@ -23,7 +23,7 @@ inline void check_demons_step(const Array& sw, const Array& t, const Array& gt, 
   }
   expect_dim(t, 1, 1, "one channel");
   expect_array(kernel, 1);
-  expect(kernel.dim(0) % 2 == 1, "kernel: length must be odd");
+  expect(kernel.dim(0) % 2 == 1 && kernel.dim(0) <= 65, "kernel: length must be odd and at most 65");
   expect_finite(kernel);
   expect(std::isfinite(tau) && std::isfinite(alpha) && std::isfinite(eps),
          "tau, alpha, eps: must be finite");

@@ -17,84 +17,137 @@ struct Dims {
   int64_t at(int64_t i, int64_t j) const { return (i * H + j) * W; }
 };
 
-// The update v for row (i, j); central differences, zero on the faces.
+// The update v for row (i, j). Central differences, zero on the faces: a face row's
+// neighbours along i or j are itself with weight 0, and along k the two end values are done
+// apart, so the loop has no branches and vectorises.
+REGRISK_ALWAYS_INLINE void update_voxel(const float* __restrict sw, const float* __restrict t,
+                                        const float* __restrict gt, const float* __restrict u,
+                                        float* __restrict v, int64_t n, int64_t x, float di,
+                                        float dj, float dk, float tau, float alpha, float eps) {
+  const float d = sw[x] - t[x];
+  const float gi = 0.5f * (gt[x] + di), gj = 0.5f * (gt[n + x] + dj),
+              gk = 0.5f * (gt[2 * n + x] + dk);
+  const float step = tau * d / (gi * gi + gj * gj + gk * gk + alpha * d * d + eps);
+  v[x] = u[x] - step * gi;
+  v[n + x] = u[n + x] - step * gj;
+  v[2 * n + x] = u[2 * n + x] - step * gk;
+}
+
 REGRISK_CPU_CLONES void update_row(const float* __restrict sw, const float* __restrict t,
                                    const float* __restrict gt, const float* __restrict u,
                                    float* __restrict v, Dims g, int64_t i, int64_t j,
                                    float tau, float alpha, float eps) {
   const int64_t r = g.at(i, j), W = g.W, n = g.n;
-  const float* up_i = (i > 0 && i < g.D - 1) ? sw + g.at(i + 1, j) : nullptr;
-  const float* dn_i = up_i ? sw + g.at(i - 1, j) : nullptr;
-  const float* up_j = (j > 0 && j < g.H - 1) ? sw + g.at(i, j + 1) : nullptr;
-  const float* dn_j = up_j ? sw + g.at(i, j - 1) : nullptr;
-  for (int64_t k = 0; k < W; ++k) {
-    const float s = sw[r + k];
-    const float d = s - t[r + k];
-    const float di = up_i ? 0.5f * (up_i[k] - dn_i[k]) : 0.0f;
-    const float dj = up_j ? 0.5f * (up_j[k] - dn_j[k]) : 0.0f;
-    const float dk = (k > 0 && k < W - 1) ? 0.5f * (sw[r + k + 1] - sw[r + k - 1]) : 0.0f;
-    const float gi = 0.5f * (gt[r + k] + di);
-    const float gj = 0.5f * (gt[n + r + k] + dj);
-    const float gk = 0.5f * (gt[2 * n + r + k] + dk);
-    const float step = tau * d / (gi * gi + gj * gj + gk * gk + alpha * d * d + eps);
-    v[r + k] = u[r + k] - step * gi;
-    v[n + r + k] = u[n + r + k] - step * gj;
-    v[2 * n + r + k] = u[2 * n + r + k] - step * gk;
+  const bool inner_i = i > 0 && i < g.D - 1, inner_j = j > 0 && j < g.H - 1;
+  const float ci = inner_i ? 0.5f : 0.0f, cj = inner_j ? 0.5f : 0.0f;
+  const float* up_i = sw + (inner_i ? g.at(i + 1, j) : r);
+  const float* dn_i = sw + (inner_i ? g.at(i - 1, j) : r);
+  const float* up_j = sw + (inner_j ? g.at(i, j + 1) : r);
+  const float* dn_j = sw + (inner_j ? g.at(i, j - 1) : r);
+  const float* s = sw + r;
+  for (int64_t k = 1; k < W - 1; ++k)
+    update_voxel(sw, t, gt, u, v, n, r + k, ci * (up_i[k] - dn_i[k]), cj * (up_j[k] - dn_j[k]),
+                 0.5f * (s[k + 1] - s[k - 1]), tau, alpha, eps);
+  for (int64_t k : {int64_t(0), W - 1}) {
+    if (k == W - 1 && W == 1) break;
+    update_voxel(sw, t, gt, u, v, n, r + k, ci * (up_i[k] - dn_i[k]), cj * (up_j[k] - dn_j[k]),
+                 0.0f, tau, alpha, eps);
   }
 }
 
 // The Gaussian along one axis for one plane i of one channel (H x W values, contiguous). Along
-// i the taps are whole planes; along j and k they are the same plane shifted by q W or q
-// elements, so each tap is one long loop over the plane's interior that vectorises, and only
-// the rows (along j) or columns (along k) within R of a face are redone with clamped taps.
-REGRISK_CPU_CLONES void taps(const float* __restrict in, float* __restrict o, int64_t n,
-                             const float* w, int R, int64_t stride) {
-  std::fill(o, o + n, 0.0f);
-  for (int q = -R; q <= R; ++q) {
-    const float wq = w[q + R];
-    const float* src = in + q * stride;
-    for (int64_t m = 0; m < n; ++m) o[m] += wq * src[m];
+// i the taps are other planes; along j and k they are the same plane shifted by q W or q
+// elements. Either way each output chunk of kLanes values sums its 2R + 1 shifted source
+// chunks in registers (one store per value, not one per tap); the rows (along j) and columns
+// (along k) within R of a face take their taps clamped.
+constexpr int kLanes = 32;
+constexpr int kMaxRadius = 32;  // checks.h: kernels of at most 65 taps
+
+// Eight floats as one value (GCC/Clang vector extension): AVX registers in the AVX2 build, SSE
+// pairs otherwise; the accumulators below then stay in registers across the taps.
+typedef float Vec8 __attribute__((vector_size(32)));
+
+// o[m] = sum_q w[q] src_q[m] for m < n, src_q = tap(q) (a pointer per tap).
+template <class Tap>
+REGRISK_ALWAYS_INLINE void taps(float* __restrict o, int64_t n, const float* w, int R, Tap tap) {
+  int64_t m = 0;
+  for (; m + kLanes <= n; m += kLanes) {
+    Vec8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int q = -R; q <= R; ++q) {
+      const float wq = w[q + R];
+      const float* src = tap(q) + m;
+      Vec8 x0, x1, x2, x3;  // unaligned loads
+      __builtin_memcpy(&x0, src, sizeof x0);
+      __builtin_memcpy(&x1, src + 8, sizeof x1);
+      __builtin_memcpy(&x2, src + 16, sizeof x2);
+      __builtin_memcpy(&x3, src + 24, sizeof x3);
+      a0 += wq * x0;
+      a1 += wq * x1;
+      a2 += wq * x2;
+      a3 += wq * x3;
+    }
+    __builtin_memcpy(o + m, &a0, sizeof a0);
+    __builtin_memcpy(o + m + 8, &a1, sizeof a1);
+    __builtin_memcpy(o + m + 16, &a2, sizeof a2);
+    __builtin_memcpy(o + m + 24, &a3, sizeof a3);
+  }
+  for (; m + 8 <= n; m += 8) {  // short rows (coarse levels) and the remainder
+    Vec8 a = {};
+    for (int q = -R; q <= R; ++q) {
+      Vec8 x;
+      __builtin_memcpy(&x, tap(q) + m, sizeof x);
+      a += w[q + R] * x;
+    }
+    __builtin_memcpy(o + m, &a, sizeof a);
+  }
+  for (; m < n; ++m) {
+    float acc = 0.0f;
+    for (int q = -R; q <= R; ++q) acc += w[q + R] * tap(q)[m];
+    o[m] = acc;
   }
 }
 
-float clamped_tap(const float* in, int64_t pos, int64_t len, int64_t stride, const float* w,
-                  int R) {
-  float acc = 0.0f;
-  for (int q = -R; q <= R; ++q) acc += w[q + R] * in[std::clamp<int64_t>(pos + q, 0, len - 1) * stride];
-  return acc;
-}
-
-void smooth_plane_i(const float* in, float* out, Dims g, int64_t i, const float* w, int R) {
+REGRISK_CPU_CLONES void smooth_plane_i(const float* in, float* out, Dims g, int64_t i,
+                                       const float* w, int R) {
   const int64_t n = g.H * g.W;
-  float* o = out + i * n;
-  std::fill(o, o + n, 0.0f);
-  for (int q = -R; q <= R; ++q) {
-    const float* src = in + std::clamp<int64_t>(i + q, 0, g.D - 1) * n;
-    const float wq = w[q + R];
-    for (int64_t m = 0; m < n; ++m) o[m] += wq * src[m];
-  }
+  taps(out + i * n, n, w, R,
+       [&](int q) { return in + std::clamp<int64_t>(i + q, 0, g.D - 1) * n; });
 }
 
-void smooth_plane_j(const float* in, float* out, Dims g, int64_t i, const float* w, int R) {
+REGRISK_CPU_CLONES void smooth_plane_j(const float* in, float* out, Dims g, int64_t i,
+                                       const float* w, int R) {
   const int64_t W = g.W, H = g.H;
   const float* p = in + i * H * W;
   float* o = out + i * H * W;
   const int64_t lo = std::min<int64_t>(R, H), hi = std::max<int64_t>(lo, H - R);
-  if (hi > lo) taps(p + lo * W, o + lo * W, (hi - lo) * W, w, R, W);
+  if (hi > lo) taps(o + lo * W, (hi - lo) * W, w, R, [&](int q) { return p + (lo + q) * W; });
   for (int64_t j = 0; j < H; ++j) {
     if (j >= lo && j < hi) continue;
-    for (int64_t k = 0; k < W; ++k) o[j * W + k] = clamped_tap(p + k, j, H, W, w, R);
+    taps(o + j * W, W, w, R, [&](int q) { return p + std::clamp<int64_t>(j + q, 0, H - 1) * W; });
   }
 }
 
-void smooth_plane_k(const float* in, float* out, Dims g, int64_t i, const float* w, int R) {
+REGRISK_CPU_CLONES void smooth_plane_k(const float* in, float* out, Dims g, int64_t i,
+                                       const float* w, int R) {
   const int64_t W = g.W, n = g.H * g.W;
   const float* p = in + i * n;
   float* o = out + i * n;
-  if (n > 2 * R) taps(p + R, o + R, n - 2 * R, w, R, 1);  // wrong only within R of a row's end
-  for (int64_t j = 0; j < g.H; ++j)
-    for (int64_t k = 0; k < W; ++k)
-      if (k < R || k >= W - R) o[j * W + k] = clamped_tap(p + j * W, k, W, 1, w, R);
+  // the whole plane as one row: wrong only within R of a row's ends, redone below
+  if (n > 2 * R) taps(o + R, n - 2 * R, w, R, [&](int q) { return p + R + q; });
+  // each row's R values at either end, from a copy with the end values replicated
+  float pad[3 * kMaxRadius];
+  const auto ends = [&](const float* row, float* orow, int64_t first, int64_t last, int64_t base) {
+    for (int a = 0; a < 3 * R; ++a) pad[a] = row[std::clamp<int64_t>(base + a, 0, W - 1)];
+    for (int64_t k = first; k < last; ++k) {
+      float acc = 0.0f;
+      for (int q = 0; q <= 2 * R; ++q) acc += w[q] * pad[k - base - R + q];
+      orow[k] = acc;
+    }
+  };
+  for (int64_t j = 0; j < g.H; ++j) {
+    ends(p + j * W, o + j * W, 0, std::min<int64_t>(R, W), -R);
+    ends(p + j * W, o + j * W, std::max<int64_t>(R, W - R), W, W - 2 * R);
+  }
 }
 
 // body(volume b, channel c, plane i) over every plane of a (B, C, D) set.

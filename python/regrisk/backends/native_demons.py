@@ -132,11 +132,18 @@ def _closed(model: Any, nodes: list[Any]) -> bool:
 
 
 def _pool(x: np.ndarray, f: int) -> np.ndarray:
-    """AveragePool with a cubic kernel and stride f, no padding (trailing remainders dropped)."""
+    """AveragePool with a cubic kernel and stride f, no padding (trailing remainders dropped).
+    The mean of f^3 values as the sum of f^3 strided views (a reduction over the interleaved
+    axes of a reshape is ~10x slower), in float32 as the graph's pooling."""
     b, c, *g = x.shape
     n = [s // f for s in g]
-    x = x[:, :, :n[0] * f, :n[1] * f, :n[2] * f]
-    return x.reshape(b, c, n[0], f, n[1], f, n[2], f).mean(axis=(3, 5, 7), dtype=np.float32)
+    out = np.zeros((b, c, *n), np.float32)
+    for i in range(f):
+        for j in range(f):
+            for k in range(f):
+                out += x[:, :, i:n[0] * f:f, j:n[1] * f:f, k:n[2] * f:f]
+    out *= np.float32(1.0 / f ** 3)
+    return out
 
 
 def _upsample2(u: np.ndarray) -> np.ndarray:

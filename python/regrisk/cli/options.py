@@ -50,7 +50,7 @@ def add_run_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
 
 # What --backend may force (registered plug-ins and callables are for the Python API).
 BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt", "onnxruntime-cuda")
-PRECISIONS = ("f32", "bf16", "f16")
+PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:
@@ -59,16 +59,19 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="force a backend (one-line error when it cannot run here); default: "
                    "the fastest installed for the device and graph (see `regrisk info`)")
-    p.add_argument("--inference-precision", default="f32", choices=PRECISIONS,
-                   help="OpenVINO inference precision (default f32; bf16/f16 imply "
-                   "--backend openvino and are opt-in: see benchmarks/RESULTS.md)")
+    p.add_argument("--inference-precision", default="auto", choices=PRECISIONS,
+                   help="OpenVINO inference precision (default auto: bf16 only for graphs "
+                   "whose map was measured to keep it, on CPUs with native bf16, else f32; "
+                   "bf16/f16 imply --backend openvino: see benchmarks/RESULTS.md)")
 
 
 def backend_choice(args: argparse.Namespace) -> tuple[str | None, dict]:
     """(backend name or None, backend options) from --backend and --inference-precision."""
     precision = args.inference_precision
-    if precision == "f32":
+    if precision == "auto":
         return args.backend, {}
+    if precision == "f32":  # OpenVINO reads it; the other backends run f32 anyway
+        return args.backend, {"precision": "f32"}
     if args.backend not in (None, "openvino"):
         raise InputError(f"--inference-precision {precision} is an OpenVINO precision; "
                          f"--backend {args.backend} runs f32 only")
