@@ -1,6 +1,7 @@
-"""The fused demons step (native kernel against its NumPy reference) and the default network's
-demons region run natively in a staged graph (against the eager torch module rebuilt from the
-graph's weights, and the whole graph against ONNX Runtime)."""
+"""The native parts of the default network: the fused demons step and the Gaussian smoothing
+(native kernels against their NumPy references), the demons and normalisation regions found in
+the graph and run natively (against the eager torch modules rebuilt from the graph's weights),
+and the whole staged graph (against OpenVINO running every node)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from regrisk import kernels, model_loading, reference
-from regrisk.backends import create_backend, native_demons, unavailable
+from regrisk.backends import create_backend, native_demons, native_normalize, unavailable
 
 GAUSS = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2) / np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2).sum()
 
@@ -68,6 +69,26 @@ def test_demons_step_rejects_bad_arguments(rng, change, message) -> None:
                             tau=args["tau"], alpha=1.0, eps=1e-4)
 
 
+@pytest.mark.parametrize("shape, taps", [((1, 1, 20, 17, 33), 13), ((2, 3, 5, 7, 9), 9),
+                                         ((1, 1, 1, 1, 1), 3), ((1, 2, 40, 3, 70), 1)])
+def test_gaussian_smooth_matches_reference(rng, shape, taps) -> None:
+    volume = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.random(taps)
+    got = kernels.gaussian_smooth(volume, kernel)
+    want = reference.gaussian_smooth(volume, kernel.astype(np.float32))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_gaussian_smooth_keeps_constants_and_rejects_bad_kernels(rng) -> None:
+    """A normalised kernel leaves a constant volume as it is (replicated borders)."""
+    volume = np.full((1, 1, 6, 7, 8), 3.5, np.float32)
+    np.testing.assert_allclose(kernels.gaussian_smooth(volume, GAUSS), volume, rtol=1e-6)
+    with pytest.raises(ValueError, match="odd"):
+        kernels.gaussian_smooth(volume, np.ones(67))
+    with pytest.raises(ValueError, match="volume: expected 5 dimensions"):
+        kernels.gaussian_smooth(volume[0], GAUSS)
+
+
 # --- the default network's region ----------------------------------------------------------
 
 
@@ -123,18 +144,49 @@ def test_native_region_equals_the_eager_module(default_graph) -> None:
     assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
 
 
+def test_fuse_finds_the_default_networks_normalisation(default_graph) -> None:
+    fused, spec = native_normalize.fuse(default_graph)
+    assert (len(spec.kernel), spec.scale) == (13, 0.25)  # sigma 3; network.py's 1/4
+    assert abs(spec.eps - 1e-2) < 1e-8 and abs(sum(spec.kernel) - 1.0) < 1e-5
+    ops = [n for n in fused.graph.node if n.op_type == native_normalize.OP]
+    assert [n.input[0] for n in ops] == ["source", "target"]
+
+
+def test_native_normalisation_equals_the_eager_module(default_graph) -> None:
+    torch = pytest.importorskip("torch")
+    from regrisk.exporters.default_model.from_onnx import module_from_onnx
+
+    net = module_from_onnx(model_loading.packaged_model_path("default"))
+    image = np.random.default_rng(6).random((1, 1, 80, 96, 80), dtype=np.float32)
+    with torch.no_grad():
+        want = net.normalize(torch.from_numpy(image)).numpy()
+    _, spec = native_normalize.fuse(default_graph)
+    got = native_normalize.run(spec, image, threads=2)
+    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
+
+
 @pytest.mark.skipif(unavailable("openvino") is not None,
                     reason=f"openvino: {unavailable('openvino')}")
 def test_openvino_runs_the_region_natively_and_can_be_told_not_to() -> None:
     resolved = model_loading.resolve("default")
-    rng = np.random.default_rng(9)
-    feeds = {n: rng.random((2, 1, 80, 96, 80), dtype=np.float32) for n in ("source", "target")}
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(9)  # smooth images in [0, 1], as the engine's inputs
+    feeds = {}
+    for n in ("source", "target"):
+        x = gaussian_filter(rng.random((2, 1, 80, 96, 80)), (0, 0, 2, 2, 2))
+        feeds[n] = ((x - x.min()) / (x.max() - x.min())).astype(np.float32)
     outs, infos = {}, {}
     for native in (True, False):
         with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
                             options={"native": native, "precision": "f32"}) as b:
             outs[native], infos[native] = b.run(feeds), b.describe()
-    assert infos[True]["native_parts"] == [native_demons.OP] and infos[True]["native"] == 1
+    assert infos[True]["native_parts"] == [native_normalize.OP, native_demons.OP]
+    assert infos[True]["native"] == 3  # each image's normalisation, then the demons
     assert infos[False]["native_parts"] == [] and infos[False]["stages"] == 63
     assert infos[True]["stages"] < 10
-    assert float(np.abs(outs[True] - outs[False]).max() / np.abs(outs[False]).max()) <= 1e-5
+    with create_backend(resolved.source, resolved.card, name="onnxruntime", threads=2) as b:
+        want = b.run(feeds)
+    assert np.abs(want).max() > 0.5  # the network moves these images
+    for native in (True, False):
+        assert float(np.abs(outs[native] - want).max() / np.abs(want).max()) <= 1e-5

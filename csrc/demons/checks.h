@@ -8,6 +8,20 @@
 
 namespace regrisk {
 
+inline void check_kernel(const Array& kernel) {
+  expect_array(kernel, 1);
+  expect(kernel.dim(0) % 2 == 1 && kernel.dim(0) <= 65, "kernel: length must be odd and at most 65");
+  expect_finite(kernel);
+}
+
+inline void check_gaussian_smooth(const Array& volume, const Array& kernel, const Array& out) {
+  expect_array(volume, 5);
+  expect_array(out, 5, true);
+  for (int axis = 0; axis < 5; ++axis) expect_dim(out, axis, volume.dim(axis), "volume's shape");
+  check_kernel(kernel);
+  expect_disjoint(out, volume);
+}
+
 inline void check_demons_step(const Array& sw, const Array& t, const Array& gt, const Array& u,
                               const Array& kernel, const Array& out, float tau, float alpha,
                               float eps) {
@@ -22,9 +36,7 @@ inline void check_demons_step(const Array& sw, const Array& t, const Array& gt, 
     for (int axis = 2; axis < 5; ++axis) expect_dim(*a, axis, sw.dim(axis), "grid");
   }
   expect_dim(t, 1, 1, "one channel");
-  expect_array(kernel, 1);
-  expect(kernel.dim(0) % 2 == 1 && kernel.dim(0) <= 65, "kernel: length must be odd and at most 65");
-  expect_finite(kernel);
+  check_kernel(kernel);
   expect(std::isfinite(tau) && std::isfinite(alpha) && std::isfinite(eps),
          "tau, alpha, eps: must be finite");
   expect(eps > 0.0f && alpha >= 0.0f, "eps must be > 0 and alpha >= 0");

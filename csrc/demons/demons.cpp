@@ -1,10 +1,11 @@
-// CPU (OpenMP) demons step. Four passes, each parallel over planes i: the update v (one row of
-// k at a time, so the gradient's neighbours along i and j are rows of sw), then the Gaussian
-// along i, j and k, between two scratch volumes and out. Every output value is computed whole
+// CPU (OpenMP) demons step and Gaussian smoothing. Passes parallel over planes i: the demons
+// update v (one row of k at a time, so the gradient's neighbours along i and j are rows of sw),
+// then the Gaussian along i, j and k, between two scratch volumes and out. Every output value is computed whole
 // by one thread in a fixed order: results do not depend on the team size.
 #include "demons/demons.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "common/parallel.h"
@@ -158,44 +159,63 @@ void planes(int64_t B, int64_t C, Dims g, int threads, Body&& body) {
   for (int64_t r = 0; r < total; ++r) body(r / (g.D * C), (r / g.D) % C, r % g.D);
 }
 
+// Along i (in -> s1), j (s1 -> s2) and k (s2 -> out) for `channels` volumes on grid g; s2 may
+// be in (it is read only by the first pass).
+void smooth_channels(const float* in, float* out, int64_t channels, Dims g, const float* w,
+                     int R, int threads, float* s1, float* s2) {
+  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
+    smooth_plane_i(in + c * g.n, s1 + c * g.n, g, i, w, R);
+  });
+  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
+    smooth_plane_j(s1 + c * g.n, s2 + c * g.n, g, i, w, R);
+  });
+  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
+    smooth_plane_k(s2 + c * g.n, out + c * g.n, g, i, w, R);
+  });
+}
+
+// Two scratch volumes of n floats, kept between calls on the calling thread (a demons level
+// calls 20 times on the same grid: fresh allocations of this size are new pages, and their
+// faults cost as much as the arithmetic). Pointers are handed to the parallel loops: a lambda
+// does not capture a thread_local, and the team's other threads would see their own.
+std::pair<float*, float*> scratch(size_t n) {
+  thread_local std::vector<float> a, b;
+  if (a.size() < n) {
+    a.resize(n);
+    b.resize(n);
+  }
+  return {a.data(), b.data()};
+}
+
+Dims dims_of(const Array& a) {
+  return Dims{a.dim(2), a.dim(3), a.dim(4), a.dim(2) * a.dim(3) * a.dim(4)};
+}
+
 }  // namespace
 
 void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& u,
                  const Array& kernel, const Array& out, float tau, float alpha, float eps,
                  Threads threads) {
-  const Dims g{sw.dim(2), sw.dim(3), sw.dim(4), sw.dim(2) * sw.dim(3) * sw.dim(4)};
+  const Dims g = dims_of(sw);
   const int64_t B = sw.dim(0);
-  const int R = static_cast<int>(kernel.dim(0) / 2);
-  const float* w = kernel.in();
-  // Scratch kept between calls (a demons level calls this 20 times on the same grid): fresh
-  // allocations of this size are new pages, and their faults cost as much as the arithmetic.
-  thread_local std::vector<float> v, tmp;
-  const size_t need = static_cast<size_t>(B * 3 * g.n);
-  if (v.size() < need) {
-    v.resize(need);
-    tmp.resize(need);
-  }
-  // Pointers, not the vectors, inside the parallel loops: a lambda does not capture a
-  // thread_local, and the team's other threads would see their own (empty) ones.
-  float* const V = v.data();
-  float* const TMP = tmp.data();
+  const auto [V, TMP] = scratch(static_cast<size_t>(B * 3 * g.n));
   const float *S = sw.in(), *T = t.in(), *GT = gt.in(), *U = u.in();
-  float* O = out.out();
-  planes(B, 1, g, threads.n, [&](int64_t b, int64_t, int64_t i) {
+  planes(B, 1, g, threads.n, [&, V = V](int64_t b, int64_t, int64_t i) {
     for (int64_t j = 0; j < g.H; ++j)
       update_row(S + b * g.n, T + b * g.n, GT + b * 3 * g.n, U + b * 3 * g.n, V + b * 3 * g.n, g,
                  i, j, tau, alpha, eps);
   });
-  // along i (V -> TMP), along j (TMP -> V), along k (V -> out)
-  planes(B, 3, g, threads.n, [&](int64_t b, int64_t c, int64_t i) {
-    smooth_plane_i(V + (b * 3 + c) * g.n, TMP + (b * 3 + c) * g.n, g, i, w, R);
-  });
-  planes(B, 3, g, threads.n, [&](int64_t b, int64_t c, int64_t i) {
-    smooth_plane_j(TMP + (b * 3 + c) * g.n, V + (b * 3 + c) * g.n, g, i, w, R);
-  });
-  planes(B, 3, g, threads.n, [&](int64_t b, int64_t c, int64_t i) {
-    smooth_plane_k(V + (b * 3 + c) * g.n, O + (b * 3 + c) * g.n, g, i, w, R);
-  });
+  smooth_channels(V, out.out(), B * 3, g, kernel.in(), static_cast<int>(kernel.dim(0) / 2),
+                  threads.n, TMP, V);
+}
+
+void gaussian_smooth(const Array& volume, const Array& kernel, const Array& out,
+                     Threads threads) {
+  const Dims g = dims_of(volume);
+  const int64_t channels = volume.dim(0) * volume.dim(1);
+  const auto [s1, s2] = scratch(static_cast<size_t>(channels * g.n));
+  smooth_channels(volume.in(), out.out(), channels, g, kernel.in(),
+                  static_cast<int>(kernel.dim(0) / 2), threads.n, s1, s2);
 }
 
 }  // namespace regrisk

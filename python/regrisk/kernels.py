@@ -39,6 +39,7 @@ __all__ = [
     "covariance_sigma",
     "Welford",
     "demons_step",
+    "gaussian_smooth",
     "set_num_threads",
     "get_num_threads",
     "build_info",
@@ -326,15 +327,33 @@ def demons_step(sw: Any, t: Any, gt: Any, u: Any, kernel: Any, *, tau: float, al
     odd-length 1-D Gaussian G applies along i, j and k with replicated borders. NumPy only (the
     staged graphs that use it run on CPU backends).
     """
-    for name, a in (("sw", sw), ("t", t), ("gt", gt), ("u", u)):
+    _host_only("demons_step", sw=sw, t=t, gt=gt, u=u)
+    out = np.empty_like(u)
+    _core.demons_step(sw, t, gt, u, _kernel1d(kernel), out, float(tau), float(alpha), float(eps),
+                      _threads(threads))
+    return out
+
+
+def gaussian_smooth(volume: Any, kernel: Any, threads: int | None = None) -> Any:
+    """The odd-length 1-D filter ``kernel`` applied along i, j and k of a (B,C,D,H,W) float32
+    volume, borders replicated (a separable Gaussian for a Gaussian kernel). NumPy only."""
+    _host_only("gaussian_smooth", volume=volume)
+    out = np.empty_like(volume)
+    _core.gaussian_smooth(volume, _kernel1d(kernel), out, _threads(threads))
+    return out
+
+
+def _host_only(op: str, **arrays: Any) -> None:
+    for name, a in arrays.items():
         if _is_cupy(a):
-            raise ValueError(f"{name}: demons_step runs on the CPU; got a CuPy array")
+            raise ValueError(f"{name}: {op} runs on the CPU; got a CuPy array")
+
+
+def _kernel1d(kernel: Any) -> np.ndarray:
     w = np.ascontiguousarray(np.asarray(kernel, dtype=np.float64), dtype=np.float32)
     if w.ndim != 1 or not np.isfinite(w).all():
         raise ValueError("kernel: expected a finite 1-D array")
-    out = np.empty_like(u)
-    _core.demons_step(sw, t, gt, u, w, out, float(tau), float(alpha), float(eps), _threads(threads))
-    return out
+    return w
 
 
 # --- sigma from a covariance ---------------------------------------------------------------

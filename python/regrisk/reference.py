@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["trilinear", "warp", "compose", "bspline_basis", "bspline_field", "covariance_sigma",
-           "covariance_axis_sigma", "Welford", "demons_step"]
+           "covariance_axis_sigma", "Welford", "demons_step", "gaussian_smooth"]
 
 
 def trilinear(vol: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -256,6 +256,12 @@ def demons_step(sw: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, ke
     d = sw - t
     g = 0.5 * (gt + np.concatenate([_central(sw, axis) for axis in (2, 3, 4)], axis=1))
     v = u - tau * d * g / ((g * g).sum(axis=1, keepdims=True) + alpha * d * d + eps)
+    return gaussian_smooth(v, w)
+
+
+def gaussian_smooth(volume: np.ndarray, kernel: Any) -> np.ndarray:
+    """Reference of kernels.gaussian_smooth: ``kernel`` along axes 2, 3, 4, edges replicated."""
+    v = np.asarray(volume, dtype=np.float64)
     for axis in (2, 3, 4):
-        v = _replicate_smooth(v, w, axis)
+        v = _replicate_smooth(v, np.asarray(kernel, dtype=np.float64), axis)
     return v.astype(np.float32)

@@ -6,7 +6,7 @@ ONNX each iteration is ~230 small nodes around a 5-D GridSample, so a staged run
 calls on tiny tensors, where per-node overhead, not arithmetic, is the cost (about 240 ms of a
 530 ms pass in OpenVINO). :func:`fuse` finds that region by its module's node names, checks its
 shape (levels, steps, learned steps, Gaussian), and replaces it with one ``DemonsRefine`` node
-of regrisk's domain, which :func:`run` executes with :func:`regrisk.kernels.warp` and the fused
+of regrisk's domain (``native_regions``), which :func:`run` executes with :func:`regrisk.kernels.warp` and the fused
 :func:`regrisk.kernels.demons_step`. A graph that does not match exactly is left as it is.
 """
 
@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-DOMAIN = "ai.regrisk"
+from .native_regions import constant as _constant
+from .native_regions import replace
+
 OP = "DemonsRefine"
 PREFIX = "/refine/"  # torch's export names nodes by module path
 EPS = 1e-4           # the force's constant in network.py
@@ -38,18 +40,6 @@ class DemonsSpec:
 
 def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x.astype(np.float64))
-
-
-def _constant(model: Any, name: str) -> np.ndarray | None:
-    from onnx import numpy_helper
-
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
 
 
 def _spec(model: Any, region: list[Any]) -> DemonsSpec | None:
@@ -83,8 +73,6 @@ def _spec(model: Any, region: list[Any]) -> DemonsSpec | None:
 def fuse(model: Any) -> tuple[Any, DemonsSpec] | None:
     """A copy of ``model`` with its demons region replaced by one ``DemonsRefine`` node, and
     the region's spec; None when the graph has no such region or it does not match."""
-    from onnx import ModelProto, helper
-
     nodes = list(model.graph.node)
     region = [n for n in nodes if n.name.startswith(PREFIX)]
     if not region:
@@ -98,34 +86,8 @@ def fuse(model: Any) -> tuple[Any, DemonsSpec] | None:
     keep = {id(n) for n in region
             if n.op_type == "Constant" or (n.op_type == "AveragePool" and n.input[0] in (source, target))}
     removed = [n for n in region if id(n) not in keep]
-    made = {o for n in removed for o in n.output}
-    later = {i for n in nodes if n.name and not n.name.startswith(PREFIX) for i in n.input}
-    later |= {o.name for o in model.graph.output}
-    out = [o for o in made if o in later]
-    if len(out) != 1:
-        return None
-    fused = helper.make_node(OP, [source, target], out, name=PREFIX + OP, domain=DOMAIN)
-    gone = {id(n) for n in removed}
-    first = next(i for i, n in enumerate(nodes) if id(n) in gone)
-    rebuilt = nodes[:first] + [fused] + [n for n in nodes[first:] if id(n) not in gone]
-    if not _closed(model, rebuilt):
-        return None
-    copy = ModelProto()
-    copy.CopyFrom(model)
-    del copy.graph.node[:]
-    copy.graph.node.extend(rebuilt)
-    copy.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    return copy, spec
-
-
-def _closed(model: Any, nodes: list[Any]) -> bool:
-    """Every node reads only graph inputs, initializers or earlier nodes' outputs."""
-    known = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
-    for n in nodes:
-        if any(i not in known for i in n.input):
-            return False
-        known.update(n.output)
-    return all(o.name in known for o in model.graph.output)
+    fused = replace(model, removed, [source, target], OP, PREFIX + OP)
+    return None if fused is None else (fused, spec)
 
 
 # --- running --------------------------------------------------------------------------------

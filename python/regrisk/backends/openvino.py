@@ -33,7 +33,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
-from . import Array, Backend, ModelSource, native_demons
+from . import Array, Backend, ModelSource, native_demons, native_normalize
 from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
@@ -126,16 +126,18 @@ class OpenVinoBackend(Backend):
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
 
     def _staged(self, graph: Any) -> StagedGraph:
-        """The graph in stages; with ``native`` (default) a region regrisk runs natively (the
-        default network's demons, ``backends.native_demons``) is one part instead of ~120."""
+        """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
+        default network's normalisation and demons, ``backends.native_normalize`` and
+        ``native_demons``) are one part each instead of ~100 backend nodes."""
         from ..kernels import Bound
 
         natives = {}
-        fused = native_demons.fuse(graph) if self.native else None
-        if fused is not None:
-            graph, spec = fused
-            natives[native_demons.OP] = native_demons.runner(spec, self.threads)
-            self.fused.append(native_demons.OP)
+        for module in (native_normalize, native_demons) if self.native else ():
+            fused = module.fuse(graph)
+            if fused is not None:
+                graph, spec = fused
+                natives[module.OP] = module.runner(spec, self.threads)
+                self.fused.append(module.OP)
         cuts = sorted(set(five_d_gridsamples(graph))
                       | {i for i, n in enumerate(graph.graph.node) if n.op_type in natives})
         return StagedGraph(split(graph, cuts, natives), self._compile_stage,
