@@ -137,12 +137,18 @@ def contenders(case: Case) -> list[tuple[str, str, dict]]:
 
         warps = bool(five_d_gridsamples(onnx.load(case.path, load_external_data=False)))
         mode = " staged" if warps else ""
-        out.append((f"openvino f32{mode}", "openvino", {}))
+        bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        out.append(("openvino auto (the default)", "openvino", {}))
+        out.append((f"openvino f32{mode}", "openvino", {"precision": "f32"}))
+        if warps:  # staged as before the native parts (backends.native_*)
+            out.append(("openvino f32 staged, no native parts", "openvino",
+                        {"precision": "f32", "native": False}))
         # a CPU without bf16 runs f32 whatever the hint says: no contender of its own there
-        if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            out.append((f"openvino bf16{mode}", "openvino", {"precision": "bf16"}))
+        if bf16:
+            # forced: bf16 for every graph (still only its dense-convolution stages)
+            out.append((f"openvino bf16{mode} (forced)", "openvino", {"precision": "bf16"}))
         if warps:
-            out.append(("openvino f32 rewrite", "openvino", {"gridsample": "rewrite"}))
+            out.append(("openvino f32 rewrite", "openvino", {"gridsample": "rewrite", "precision": "f32"}))
     if case.module is not None:
         out.append(("torch eager", "torch", {}))
     return out
@@ -256,11 +262,13 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}")
     print(f"# load average at start: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    steal = bench_engine.cpu_steal()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.case or CASES:
             case = _export_case(name, tmp, args.tiny)
             print_table(case, run_case(case, args, threads), args)
-    print(f"\n# load average at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\n# load average at the end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"CPU steal during the run {steal.percent():.1f}%")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,30 @@ import numpy as np
 from regrisk.reference import bspline_basis
 
 
+class cpu_steal:  # noqa: N801 (used as a stopwatch: cpu_steal() ... .percent())
+    """CPU time the hypervisor gave to other guests while the benchmark ran, as a percentage of
+    all CPU time (/proc/stat's steal column). On a shared VM a run with high steal is not an
+    idle-machine figure, whatever the load average says."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        try:
+            with open("/proc/stat") as f:
+                return [int(x) for x in f.readline().split()[1:9]]
+        except OSError:
+            return []
+
+    def percent(self) -> float:
+        end = self._read()
+        if not end or not self.start:
+            return float("nan")
+        delta = [b - a for a, b in zip(self.start, end)]
+        return 100.0 * delta[7] / max(1, sum(delta))
+
+
 def build_net(torch):
     nn, F = torch.nn, torch.nn.functional
 

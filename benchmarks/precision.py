@@ -50,7 +50,9 @@ def compare(ref, low, brain: np.ndarray) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--precision", default="bf16", choices=("bf16", "f16"))
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "f16", "auto"),
+                    help="auto: what the backend picks by default (bf16 only in the "
+                    "dense-convolution stages of measured graphs)")
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
