@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .native_regions import constant as _constant
-from .native_regions import replace
+from .native_regions import Constants, replace
 
 OP = "DemonsRefine"
 PREFIX = "/refine/"  # torch's export names nodes by module path
@@ -48,7 +47,8 @@ def _spec(model: Any, region: list[Any]) -> DemonsSpec | None:
     pools = [n for n in region if n.op_type == "AveragePool"]
     samples = [n for n in region if n.op_type == "GridSample"]
     convs = [n for n in region if n.op_type == "Conv"]
-    tau, alpha = _constant(model, "refine.tau"), _constant(model, "refine.alpha")
+    constants = Constants(model)
+    tau, alpha = constants.get("refine.tau"), constants.get("refine.alpha")
     if tau is None or alpha is None or not pools or len(pools) != 2 * tau.size or not convs:
         return None
     levels = []
@@ -58,7 +58,7 @@ def _spec(model: Any, region: list[Any]) -> DemonsSpec | None:
         if list(ka) != list(kb) or len(set(ka)) != 1:
             return None
         levels.append(int(ka[0]))
-    weight = _constant(model, convs[0].input[1])
+    weight = constants.get(convs[0].input[1])
     if weight is None or weight.ndim != 5 or len(samples) % len(levels):
         return None
     kernel = weight.reshape(weight.shape[0], -1)[0]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .native_regions import constant, replace
+from .native_regions import Constants, replace
 
 OP = "LocalNormalize"
 PREFIX = re.compile(r"^(/normalize(?:_\d+)?/)")
@@ -32,26 +32,26 @@ class NormalizeSpec:
     scale: float
 
 
-def _scalar_operand(model: Any, node: Any) -> float | None:
-    values = [constant(model, i) for i in node.input]
+def _scalar_operand(constants: Constants, node: Any) -> float | None:
+    values = [constants.get(i) for i in node.input]
     scalars = [v for v in values if v is not None and v.size == 1]
     return float(scalars[0].ravel()[0]) if len(scalars) == 1 else None
 
 
-def _spec(model: Any, region: list[Any]) -> NormalizeSpec | None:
+def _spec(constants: Constants, region: list[Any]) -> NormalizeSpec | None:
     ops = Counter(n.op_type for n in region)
     if ops["Conv"] != 6 or ops["Sqrt"] != 1 or ops["Div"] != 1 or ops["Pad"] != 6:
         return None
-    weights = [constant(model, n.input[1]) for n in region if n.op_type == "Conv"]
+    weights = [constants.get(n.input[1]) for n in region if n.op_type == "Conv"]
     if any(w is None or w.size != weights[0].size for w in weights):
         return None
     kernel = weights[0].ravel()
     if kernel.size % 2 != 1 or any(not np.array_equal(w.ravel(), kernel) for w in weights):
         return None
-    eps = [_scalar_operand(model, n) for n in region if n.op_type == "Add"]
+    eps = [_scalar_operand(constants, n) for n in region if n.op_type == "Add"]
     # the output's scale: the Mul of c by a scalar (Mul nodes of shapes are scalar-by-scalar)
-    scale = [_scalar_operand(model, n) for n in region
-             if n.op_type == "Mul" and all(constant(model, i) is None for i in n.input[:1])]
+    scale = [_scalar_operand(constants, n) for n in region
+             if n.op_type == "Mul" and constants.get(n.input[0]) is None]
     scale = [v for v in scale if v is not None]
     if len([e for e in eps if e is not None]) != 1 or len(scale) != 1:
         return None
@@ -64,10 +64,10 @@ def fuse(model: Any) -> tuple[Any, NormalizeSpec] | None:
     there is none or one does not match."""
     prefixes = dict.fromkeys(m.group(1) for m in map(PREFIX.match, (n.name for n in model.graph.node))
                              if m)
-    spec = None
+    spec, constants = None, Constants(model)  # replacing keeps every constant
     for prefix in prefixes:  # each on the graph as the previous replacement left it
         region = [n for n in model.graph.node if n.name.startswith(prefix)]
-        this = _spec(model, region)
+        this = _spec(constants, region)
         if this is None or (spec is not None and this != spec):
             return None
         spec = this
