@@ -70,12 +70,13 @@ def test_demons_step_rejects_bad_arguments(rng, change, message) -> None:
 
 
 @pytest.mark.parametrize("shape, taps", [((1, 1, 20, 17, 33), 13), ((2, 3, 5, 7, 9), 9),
-                                         ((1, 1, 1, 1, 1), 3), ((1, 2, 40, 3, 70), 1)])
+                                         ((1, 1, 1, 1, 1), 3), ((1, 2, 40, 3, 70), 1),
+                                         ((1, 1, 9, 30, 70), (5, 1, 63)), ((1, 3, 8, 8, 8), (3, 201, 7))])
 def test_gaussian_smooth_matches_reference(rng, shape, taps) -> None:
     volume = rng.standard_normal(shape).astype(np.float32)
-    kernel = rng.random(taps)
+    kernel = rng.random(taps) if isinstance(taps, int) else tuple(rng.random(n) for n in taps)
     got = kernels.gaussian_smooth(volume, kernel)
-    want = reference.gaussian_smooth(volume, kernel.astype(np.float32))
+    want = reference.gaussian_smooth(volume, kernel)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
@@ -83,8 +84,10 @@ def test_gaussian_smooth_keeps_constants_and_rejects_bad_kernels(rng) -> None:
     """A normalised kernel leaves a constant volume as it is (replicated borders)."""
     volume = np.full((1, 1, 6, 7, 8), 3.5, np.float32)
     np.testing.assert_allclose(kernels.gaussian_smooth(volume, GAUSS), volume, rtol=1e-6)
-    with pytest.raises(ValueError, match="odd"):
-        kernels.gaussian_smooth(volume, np.ones(67))
+    with pytest.raises(ValueError, match="kernel_i: length must be odd"):
+        kernels.gaussian_smooth(volume, np.ones(4))
+    with pytest.raises(ValueError, match="kernel_j: length must be odd and at most 513"):
+        kernels.gaussian_smooth(volume, (np.ones(3), np.ones(515), np.ones(3)))
     with pytest.raises(ValueError, match="volume: expected 5 dimensions"):
         kernels.gaussian_smooth(volume[0], GAUSS)
 

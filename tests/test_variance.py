@@ -196,3 +196,21 @@ def test_names_and_plans():
     assert sample_plan(50).rounds(4) == [50]
     assert sample_plan("auto", max_samples=44).rounds(4) == [16, 8, 8, 8, 4]
     assert sample_plan("auto", max_samples=100).rounds(3) == [18, 12, 12, 12, 12, 12, 12, 10]
+
+
+def test_pooling_is_scipys_gaussian(rng) -> None:
+    """The native pooling (regrisk's separable kernel) against SciPy's gaussian_filter with the
+    same settings (nearest edges, truncate 3), anisotropic spacing; float64 falls back to SciPy."""
+    from scipy.ndimage import gaussian_filter
+
+    from regrisk.variance import pool_covariance
+
+    cov = rng.random((3, 21, 34, 40)).astype(np.float32)
+    spacing = np.array([1.0, 1.6, 2.5])
+    sigma = [12.0 / FWHM_PER_SIGMA / s for s in spacing]
+    want = np.stack([gaussian_filter(c, sigma, mode="nearest", truncate=3.0) for c in cov])
+    got = pool_covariance(cov, 12.0, spacing)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+    wide = pool_covariance(cov.astype(np.float64), 12.0, spacing)
+    np.testing.assert_allclose(wide, want, rtol=0, atol=2e-6 * np.abs(want).max())

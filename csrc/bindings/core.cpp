@@ -74,19 +74,22 @@ void bind_demons(py::module_& m) {
       py::arg("out"), py::arg("tau"), py::arg("alpha"), py::arg("eps"), py::arg("threads") = 0);
   m.def(
       "gaussian_smooth",
-      [](py::handle volume_obj, py::handle kernel_obj, py::handle out_obj, int threads) {
+      [](py::handle volume_obj, py::handle ki_obj, py::handle kj_obj, py::handle kk_obj,
+         py::handle out_obj, int threads) {
         using regrisk::bindings::host_array;
         const regrisk::Array volume = host_array(volume_obj, "volume"),
-                             kernel = host_array(kernel_obj, "kernel"),
-                             out = host_array(out_obj, "out");
-        regrisk::check_gaussian_smooth(volume, kernel, out);
+                             ki = host_array(ki_obj, "kernel_i"),
+                             kj = host_array(kj_obj, "kernel_j"),
+                             kk = host_array(kk_obj, "kernel_k"), out = host_array(out_obj, "out");
+        regrisk::check_gaussian_smooth(volume, ki, kj, kk, out);
         const regrisk::Threads team{checked_threads(threads, "threads", 0)};
         py::gil_scoped_release nogil;
-        regrisk::gaussian_smooth(volume, kernel, out, team);
+        regrisk::gaussian_smooth(volume, ki, kj, kk, out, team);
       },
-      "out = the separable filter `kernel` along i, j, k of (B, C, D, H, W), replicated "
-      "borders (csrc/demons/demons.h). threads: OpenMP team size (0: the default).",
-      py::arg("volume"), py::arg("kernel"), py::arg("out"), py::arg("threads") = 0);
+      "out = volume (B, C, D, H, W) filtered along i, j, k by the odd-length kernels, "
+      "replicated borders (csrc/demons/demons.h). threads: OpenMP team size (0: the default).",
+      py::arg("volume"), py::arg("kernel_i"), py::arg("kernel_j"), py::arg("kernel_k"),
+      py::arg("out"), py::arg("threads") = 0);
 }
 
 void set_num_threads(int n) { regrisk::cpu::set_default_threads(checked_threads(n, "n", 1)); }

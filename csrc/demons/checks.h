@@ -10,15 +10,20 @@ namespace regrisk {
 
 inline void check_kernel(const Array& kernel) {
   expect_array(kernel, 1);
-  expect(kernel.dim(0) % 2 == 1 && kernel.dim(0) <= 65, "kernel: length must be odd and at most 65");
+  expect(kernel.dim(0) % 2 == 1 && kernel.dim(0) <= 513,
+         std::string(kernel.name) + ": length must be odd and at most 513");
   expect_finite(kernel);
 }
 
-inline void check_gaussian_smooth(const Array& volume, const Array& kernel, const Array& out) {
+inline void check_gaussian_smooth(const Array& volume, const Array& ki, const Array& kj,
+                                  const Array& kk, const Array& out) {
   expect_array(volume, 5);
   expect_array(out, 5, true);
   for (int axis = 0; axis < 5; ++axis) expect_dim(out, axis, volume.dim(axis), "volume's shape");
-  check_kernel(kernel);
+  for (const Array* k : {&ki, &kj, &kk}) {
+    check_kernel(*k);
+    expect_disjoint(out, *k);
+  }
   expect_disjoint(out, volume);
 }
 

@@ -62,7 +62,7 @@ REGRISK_CPU_CLONES void update_row(const float* __restrict sw, const float* __re
 // chunks in registers (one store per value, not one per tap); the rows (along j) and columns
 // (along k) within R of a face take their taps clamped.
 constexpr int kLanes = 32;
-constexpr int kMaxRadius = 32;  // checks.h: kernels of at most 65 taps
+constexpr int kMaxRadius = 256;  // checks.h: kernels of at most 513 taps
 
 // Eight floats as one value (GCC/Clang vector extension): AVX registers in the AVX2 build, SSE
 // pairs otherwise; the accumulators below then stay in registers across the taps.
@@ -159,18 +159,26 @@ void planes(int64_t B, int64_t C, Dims g, int threads, Body&& body) {
   for (int64_t r = 0; r < total; ++r) body(r / (g.D * C), (r / g.D) % C, r % g.D);
 }
 
+// One axis's filter: 2R + 1 weights.
+struct Taps {
+  const float* w;
+  int R;
+};
+
+Taps taps_of(const Array& kernel) { return Taps{kernel.in(), static_cast<int>(kernel.dim(0) / 2)}; }
+
 // Along i (in -> s1), j (s1 -> s2) and k (s2 -> out) for `channels` volumes on grid g; s2 may
 // be in (it is read only by the first pass).
-void smooth_channels(const float* in, float* out, int64_t channels, Dims g, const float* w,
-                     int R, int threads, float* s1, float* s2) {
+void smooth_channels(const float* in, float* out, int64_t channels, Dims g, const Taps k[3],
+                     int threads, float* s1, float* s2) {
   planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_i(in + c * g.n, s1 + c * g.n, g, i, w, R);
+    smooth_plane_i(in + c * g.n, s1 + c * g.n, g, i, k[0].w, k[0].R);
   });
   planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_j(s1 + c * g.n, s2 + c * g.n, g, i, w, R);
+    smooth_plane_j(s1 + c * g.n, s2 + c * g.n, g, i, k[1].w, k[1].R);
   });
   planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_k(s2 + c * g.n, out + c * g.n, g, i, w, R);
+    smooth_plane_k(s2 + c * g.n, out + c * g.n, g, i, k[2].w, k[2].R);
   });
 }
 
@@ -205,17 +213,17 @@ void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& 
       update_row(S + b * g.n, T + b * g.n, GT + b * 3 * g.n, U + b * 3 * g.n, V + b * 3 * g.n, g,
                  i, j, tau, alpha, eps);
   });
-  smooth_channels(V, out.out(), B * 3, g, kernel.in(), static_cast<int>(kernel.dim(0) / 2),
-                  threads.n, TMP, V);
+  const Taps k[3] = {taps_of(kernel), taps_of(kernel), taps_of(kernel)};
+  smooth_channels(V, out.out(), B * 3, g, k, threads.n, TMP, V);
 }
 
-void gaussian_smooth(const Array& volume, const Array& kernel, const Array& out,
-                     Threads threads) {
+void gaussian_smooth(const Array& volume, const Array& ki, const Array& kj, const Array& kk,
+                     const Array& out, Threads threads) {
   const Dims g = dims_of(volume);
   const int64_t channels = volume.dim(0) * volume.dim(1);
   const auto [s1, s2] = scratch(static_cast<size_t>(channels * g.n));
-  smooth_channels(volume.in(), out.out(), channels, g, kernel.in(),
-                  static_cast<int>(kernel.dim(0) / 2), threads.n, s1, s2);
+  const Taps k[3] = {taps_of(ki), taps_of(kj), taps_of(kk)};
+  smooth_channels(volume.in(), out.out(), channels, g, k, threads.n, s1, s2);
 }
 
 }  // namespace regrisk

@@ -19,9 +19,10 @@ void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& 
                  const Array& kernel, const Array& out, float tau, float alpha, float eps,
                  Threads threads);
 
-// out = G * volume for (B, C, D, H, W) arrays: the same separable Gaussian with replicated
-// borders, on its own (the default network's local contrast normalisation).
-void gaussian_smooth(const Array& volume, const Array& kernel, const Array& out,
-                     Threads threads);
+// out = volume filtered along i, j and k by the odd-length kernels ki, kj, kk, for
+// (B, C, D, H, W) arrays, replicated borders: the same separable smoothing on its own (the
+// default network's local contrast normalisation, the variance maps' pooling).
+void gaussian_smooth(const Array& volume, const Array& ki, const Array& kj, const Array& kk,
+                     const Array& out, Threads threads);
 
 }  // namespace regrisk

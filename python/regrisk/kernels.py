@@ -335,11 +335,16 @@ def demons_step(sw: Any, t: Any, gt: Any, u: Any, kernel: Any, *, tau: float, al
 
 
 def gaussian_smooth(volume: Any, kernel: Any, threads: int | None = None) -> Any:
-    """The odd-length 1-D filter ``kernel`` applied along i, j and k of a (B,C,D,H,W) float32
-    volume, borders replicated (a separable Gaussian for a Gaussian kernel). NumPy only."""
+    """A (B,C,D,H,W) float32 volume filtered along i, j and k by odd-length 1-D kernels
+    (``kernel``: one for all three axes, or a sequence of three), borders replicated: a
+    separable Gaussian for Gaussian kernels. At most 513 taps. NumPy only."""
     _host_only("gaussian_smooth", volume=volume)
+    if isinstance(kernel, (list, tuple)) and len(kernel) == 3 and np.ndim(kernel[0]) == 1:
+        ki, kj, kk = (_kernel1d(k) for k in kernel)
+    else:
+        ki = kj = kk = _kernel1d(kernel)
     out = np.empty_like(volume)
-    _core.gaussian_smooth(volume, _kernel1d(kernel), out, _threads(threads))
+    _core.gaussian_smooth(volume, ki, kj, kk, out, _threads(threads))
     return out
 
 

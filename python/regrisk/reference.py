@@ -260,8 +260,11 @@ def demons_step(sw: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, ke
 
 
 def gaussian_smooth(volume: np.ndarray, kernel: Any) -> np.ndarray:
-    """Reference of kernels.gaussian_smooth: ``kernel`` along axes 2, 3, 4, edges replicated."""
+    """Reference of kernels.gaussian_smooth: ``kernel`` (or one per axis) along axes 2, 3, 4,
+    edges replicated."""
+    per_axis = kernel if isinstance(kernel, (list, tuple)) and len(kernel) == 3 \
+        and np.ndim(kernel[0]) == 1 else [kernel] * 3
     v = np.asarray(volume, dtype=np.float64)
-    for axis in (2, 3, 4):
-        v = _replicate_smooth(v, np.asarray(kernel, dtype=np.float64), axis)
+    for axis, k in zip((2, 3, 4), per_axis):
+        v = _replicate_smooth(v, np.asarray(k, dtype=np.float64), axis)
     return v.astype(np.float32)

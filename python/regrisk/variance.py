@@ -137,15 +137,40 @@ def pool_covariance(cov6: Array, fwhm_mm: float, spacing_mm: np.ndarray) -> Arra
     """Each of the six covariance terms smoothed by a Gaussian of ``fwhm_mm`` (per-axis sigma
     in voxels from the grid's spacing); edges replicate, so the border is not pulled to 0."""
     xp = array_module(cov6)
+    sigma_vox = [fwhm_mm / FWHM_PER_SIGMA / float(s) for s in spacing_mm]
+    native = _native_pooling(cov6, sigma_vox)
+    if native is not None:
+        return native
     if xp is np:
         from scipy.ndimage import gaussian_filter
     else:
         from cupyx.scipy.ndimage import gaussian_filter
-    sigma_vox = [fwhm_mm / FWHM_PER_SIGMA / float(s) for s in spacing_mm]
     out = xp.empty_like(cov6)
     for k in range(cov6.shape[0]):
         out[k] = gaussian_filter(cov6[k], sigma_vox, mode="nearest", truncate=3.0)
     return out
+
+
+def gaussian_taps(sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """SciPy's Gaussian (``scipy.ndimage.gaussian_filter``): radius int(truncate sigma + 0.5),
+    weights exp(-x^2 / 2 sigma^2) normalised to sum 1."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return w / w.sum()
+
+
+def _native_pooling(cov: Array, sigma_vox: list[float]) -> Array | None:
+    """The pooling by regrisk's separable kernel (the C++ smoothing, about 4x SciPy's on 2
+    cores) for float32 NumPy arrays; None where it does not apply (CuPy, other dtypes, kernels
+    past its 513 taps), which SciPy then does."""
+    from . import kernels
+
+    taps = [gaussian_taps(s) if s > 0 else np.ones(1) for s in sigma_vox]
+    if array_module(cov) is not np or cov.dtype != np.float32 or max(t.size for t in taps) > 513:
+        return None
+    vol = np.ascontiguousarray(cov).reshape(1, cov.shape[0], *cov.shape[1:])
+    return kernels.gaussian_smooth(vol, taps).reshape(cov.shape)
 
 
 def precision_region(target: Array) -> np.ndarray:
