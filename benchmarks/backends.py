@@ -262,7 +262,7 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}")
     print(f"# load average at start: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
-    steal = bench_engine.cpu_steal()
+    steal = bench_engine.CpuSteal()  # read again by .percent() at the end
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.case or CASES:
             case = _export_case(name, tmp, args.tiny)

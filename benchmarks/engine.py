@@ -29,7 +29,7 @@ import numpy as np
 from regrisk.reference import bspline_basis
 
 
-class cpu_steal:  # noqa: N801 (used as a stopwatch: cpu_steal() ... .percent())
+class CpuSteal:
     """CPU time the hypervisor gave to other guests while the benchmark ran, as a percentage of
     all CPU time (/proc/stat's steal column). On a shared VM a run with high steal is not an
     idle-machine figure, whatever the load average says."""

@@ -10,8 +10,9 @@ import pytest
 
 from regrisk import kernels, model_loading, reference
 from regrisk.backends import create_backend, native_demons, native_normalize, unavailable
+from regrisk.variance import gaussian_taps
 
-GAUSS = np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2) / np.exp(-0.5 * (np.arange(-4, 5) / 2.0) ** 2).sum()
+GAUSS = gaussian_taps(2.0, truncate=2.0)  # the network's demons smoothing: sigma 2, 9 taps
 
 
 def _inputs(rng, batch: int, grid: tuple[int, int, int]) -> tuple[np.ndarray, ...]:

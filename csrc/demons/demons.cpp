@@ -1,7 +1,7 @@
 // CPU (OpenMP) demons step and Gaussian smoothing. Passes parallel over planes i: the demons
 // update v (one row of k at a time, so the gradient's neighbours along i and j are rows of sw),
-// then the Gaussian along i, j and k, between two scratch volumes and out. Every output value is computed whole
-// by one thread in a fixed order: results do not depend on the team size.
+// then the Gaussian along i, j and k, between two scratch volumes and out. Every output value
+// is computed whole by one thread in a fixed order: results do not depend on the team size.
 #include "demons/demons.h"
 
 #include <algorithm>
@@ -13,10 +13,8 @@
 namespace regrisk {
 namespace {
 
-struct Dims {
-  int64_t D, H, W, n;  // n = D * H * W
-  int64_t at(int64_t i, int64_t j) const { return (i * H + j) * W; }
-};
+// Offset of row (i, j) in a volume of grid g.
+inline int64_t row_at(Grid3 g, int64_t i, int64_t j) { return (i * g.h + j) * g.w; }
 
 // The update v for row (i, j). Central differences, zero on the faces: a face row's
 // neighbours along i or j are itself with weight 0, and along k the two end values are done
@@ -36,15 +34,15 @@ REGRISK_ALWAYS_INLINE void update_voxel(const float* __restrict sw, const float*
 
 REGRISK_CPU_CLONES void update_row(const float* __restrict sw, const float* __restrict t,
                                    const float* __restrict gt, const float* __restrict u,
-                                   float* __restrict v, Dims g, int64_t i, int64_t j,
+                                   float* __restrict v, Grid3 g, int64_t i, int64_t j,
                                    float tau, float alpha, float eps) {
-  const int64_t r = g.at(i, j), W = g.W, n = g.n;
-  const bool inner_i = i > 0 && i < g.D - 1, inner_j = j > 0 && j < g.H - 1;
+  const int64_t r = row_at(g, i, j), W = g.w, n = g.size();
+  const bool inner_i = i > 0 && i < g.d - 1, inner_j = j > 0 && j < g.h - 1;
   const float ci = inner_i ? 0.5f : 0.0f, cj = inner_j ? 0.5f : 0.0f;
-  const float* up_i = sw + (inner_i ? g.at(i + 1, j) : r);
-  const float* dn_i = sw + (inner_i ? g.at(i - 1, j) : r);
-  const float* up_j = sw + (inner_j ? g.at(i, j + 1) : r);
-  const float* dn_j = sw + (inner_j ? g.at(i, j - 1) : r);
+  const float* up_i = sw + (inner_i ? row_at(g, i + 1, j) : r);
+  const float* dn_i = sw + (inner_i ? row_at(g, i - 1, j) : r);
+  const float* up_j = sw + (inner_j ? row_at(g, i, j + 1) : r);
+  const float* dn_j = sw + (inner_j ? row_at(g, i, j - 1) : r);
   const float* s = sw + r;
   for (int64_t k = 1; k < W - 1; ++k)
     update_voxel(sw, t, gt, u, v, n, r + k, ci * (up_i[k] - dn_i[k]), cj * (up_j[k] - dn_j[k]),
@@ -108,16 +106,16 @@ REGRISK_ALWAYS_INLINE void taps(float* __restrict o, int64_t n, const float* w, 
   }
 }
 
-REGRISK_CPU_CLONES void smooth_plane_i(const float* in, float* out, Dims g, int64_t i,
+REGRISK_CPU_CLONES void smooth_plane_i(const float* in, float* out, Grid3 g, int64_t i,
                                        const float* w, int R) {
-  const int64_t n = g.H * g.W;
+  const int64_t n = g.h * g.w;
   taps(out + i * n, n, w, R,
-       [&](int q) { return in + std::clamp<int64_t>(i + q, 0, g.D - 1) * n; });
+       [&](int q) { return in + std::clamp<int64_t>(i + q, 0, g.d - 1) * n; });
 }
 
-REGRISK_CPU_CLONES void smooth_plane_j(const float* in, float* out, Dims g, int64_t i,
+REGRISK_CPU_CLONES void smooth_plane_j(const float* in, float* out, Grid3 g, int64_t i,
                                        const float* w, int R) {
-  const int64_t W = g.W, H = g.H;
+  const int64_t W = g.w, H = g.h;
   const float* p = in + i * H * W;
   float* o = out + i * H * W;
   const int64_t lo = std::min<int64_t>(R, H), hi = std::max<int64_t>(lo, H - R);
@@ -128,9 +126,9 @@ REGRISK_CPU_CLONES void smooth_plane_j(const float* in, float* out, Dims g, int6
   }
 }
 
-REGRISK_CPU_CLONES void smooth_plane_k(const float* in, float* out, Dims g, int64_t i,
+REGRISK_CPU_CLONES void smooth_plane_k(const float* in, float* out, Grid3 g, int64_t i,
                                        const float* w, int R) {
-  const int64_t W = g.W, n = g.H * g.W;
+  const int64_t W = g.w, n = g.h * g.w;
   const float* p = in + i * n;
   float* o = out + i * n;
   // the whole plane as one row: wrong only within R of a row's ends, redone below
@@ -145,18 +143,18 @@ REGRISK_CPU_CLONES void smooth_plane_k(const float* in, float* out, Dims g, int6
       orow[k] = acc;
     }
   };
-  for (int64_t j = 0; j < g.H; ++j) {
+  for (int64_t j = 0; j < g.h; ++j) {
     ends(p + j * W, o + j * W, 0, std::min<int64_t>(R, W), -R);
     ends(p + j * W, o + j * W, std::max<int64_t>(R, W - R), W, W - 2 * R);
   }
 }
 
-// body(volume b, channel c, plane i) over every plane of a (B, C, D) set.
+// body(volume v, plane i) over every plane of `volumes` volumes of grid g.
 template <class Body>
-void planes(int64_t B, int64_t C, Dims g, int threads, Body&& body) {
-  const int64_t total = B * C * g.D;
-#pragma omp parallel for schedule(static) num_threads(cpu::team_for(threads, B * C * g.n))
-  for (int64_t r = 0; r < total; ++r) body(r / (g.D * C), (r / g.D) % C, r % g.D);
+void planes(int64_t volumes, Grid3 g, int threads, Body&& body) {
+  const int64_t total = volumes * g.d;
+#pragma omp parallel for schedule(static) num_threads(cpu::team_for(threads, volumes * g.size()))
+  for (int64_t r = 0; r < total; ++r) body(r / g.d, r % g.d);
 }
 
 // One axis's filter: 2R + 1 weights.
@@ -169,16 +167,17 @@ Taps taps_of(const Array& kernel) { return Taps{kernel.in(), static_cast<int>(ke
 
 // Along i (in -> s1), j (s1 -> s2) and k (s2 -> out) for `channels` volumes on grid g; s2 may
 // be in (it is read only by the first pass).
-void smooth_channels(const float* in, float* out, int64_t channels, Dims g, const Taps k[3],
+void smooth_channels(const float* in, float* out, int64_t channels, Grid3 g, const Taps k[3],
                      int threads, float* s1, float* s2) {
-  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_i(in + c * g.n, s1 + c * g.n, g, i, k[0].w, k[0].R);
+  const int64_t n = g.size();
+  planes(channels, g, threads, [&](int64_t c, int64_t i) {
+    smooth_plane_i(in + c * n, s1 + c * n, g, i, k[0].w, k[0].R);
   });
-  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_j(s1 + c * g.n, s2 + c * g.n, g, i, k[1].w, k[1].R);
+  planes(channels, g, threads, [&](int64_t c, int64_t i) {
+    smooth_plane_j(s1 + c * n, s2 + c * n, g, i, k[1].w, k[1].R);
   });
-  planes(channels, 1, g, threads, [&](int64_t c, int64_t, int64_t i) {
-    smooth_plane_k(s2 + c * g.n, out + c * g.n, g, i, k[2].w, k[2].R);
+  planes(channels, g, threads, [&](int64_t c, int64_t i) {
+    smooth_plane_k(s2 + c * n, out + c * n, g, i, k[2].w, k[2].R);
   });
 }
 
@@ -195,23 +194,19 @@ std::pair<float*, float*> scratch(size_t n) {
   return {a.data(), b.data()};
 }
 
-Dims dims_of(const Array& a) {
-  return Dims{a.dim(2), a.dim(3), a.dim(4), a.dim(2) * a.dim(3) * a.dim(4)};
-}
-
 }  // namespace
 
 void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& u,
                  const Array& kernel, const Array& out, float tau, float alpha, float eps,
                  Threads threads) {
-  const Dims g = dims_of(sw);
-  const int64_t B = sw.dim(0);
-  const auto [V, TMP] = scratch(static_cast<size_t>(B * 3 * g.n));
+  const Grid3 g = sw.grid(2);
+  const int64_t B = sw.dim(0), n = g.size();
+  const auto [V, TMP] = scratch(static_cast<size_t>(B * 3 * n));
   const float *S = sw.in(), *T = t.in(), *GT = gt.in(), *U = u.in();
-  planes(B, 1, g, threads.n, [&, V = V](int64_t b, int64_t, int64_t i) {
-    for (int64_t j = 0; j < g.H; ++j)
-      update_row(S + b * g.n, T + b * g.n, GT + b * 3 * g.n, U + b * 3 * g.n, V + b * 3 * g.n, g,
-                 i, j, tau, alpha, eps);
+  planes(B, g, threads.n, [&, V = V](int64_t b, int64_t i) {
+    for (int64_t j = 0; j < g.h; ++j)
+      update_row(S + b * n, T + b * n, GT + b * 3 * n, U + b * 3 * n, V + b * 3 * n, g, i, j,
+                 tau, alpha, eps);
   });
   const Taps k[3] = {taps_of(kernel), taps_of(kernel), taps_of(kernel)};
   smooth_channels(V, out.out(), B * 3, g, k, threads.n, TMP, V);
@@ -219,9 +214,9 @@ void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& 
 
 void gaussian_smooth(const Array& volume, const Array& ki, const Array& kj, const Array& kk,
                      const Array& out, Threads threads) {
-  const Dims g = dims_of(volume);
+  const Grid3 g = volume.grid(2);
   const int64_t channels = volume.dim(0) * volume.dim(1);
-  const auto [s1, s2] = scratch(static_cast<size_t>(channels * g.n));
+  const auto [s1, s2] = scratch(static_cast<size_t>(channels * g.size()));
   const Taps k[3] = {taps_of(ki), taps_of(kj), taps_of(kk)};
   smooth_channels(volume.in(), out.out(), channels, g, k, threads.n, s1, s2);
 }

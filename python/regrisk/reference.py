@@ -237,6 +237,13 @@ def _central(x: np.ndarray, axis: int) -> np.ndarray:
     return g
 
 
+def central_gradient(x: np.ndarray) -> np.ndarray:
+    """(B, 3, ...) central differences of a (B, 1, D, H, W) volume along i, j, k, zero on the
+    faces (the demons force's gradient; also the native demons' gradient of each level's
+    target, computed once per level)."""
+    return np.concatenate([_central(x, axis) for axis in (2, 3, 4)], axis=1)
+
+
 def _replicate_smooth(v: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
     """sum_q w[q] v[clamp(n + q - R)] along ``axis``."""
     r = len(kernel) // 2
@@ -254,7 +261,7 @@ def demons_step(sw: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, ke
     sw, t, gt, u = (np.asarray(a, dtype=np.float64) for a in (sw, t, gt, u))
     w = np.asarray(kernel, dtype=np.float64)
     d = sw - t
-    g = 0.5 * (gt + np.concatenate([_central(sw, axis) for axis in (2, 3, 4)], axis=1))
+    g = 0.5 * (gt + central_gradient(sw))
     v = u - tau * d * g / ((g * g).sum(axis=1, keepdims=True) + alpha * d * d + eps)
     return gaussian_smooth(v, w)
 

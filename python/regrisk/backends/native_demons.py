@@ -121,16 +121,11 @@ def _upsample2(u: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u, dtype=np.float32)
 
 
-def _gradient(x: np.ndarray) -> np.ndarray:
-    from ..reference import _central
-
-    return np.ascontiguousarray(np.concatenate([_central(x, a) for a in (2, 3, 4)], axis=1))
-
-
 def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int | None) -> np.ndarray:
     """The region's output for (B, 1, D, H, W) normalised images: the field at the last level's
     resolution, in full-resolution voxels."""
     from .. import kernels
+    from ..reference import central_gradient
 
     kernel = np.asarray(spec.kernel, dtype=np.float32)
     u = None
@@ -139,7 +134,7 @@ def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int |
         t = np.ascontiguousarray(_pool(target, f) if f > 1 else target, dtype=np.float32)
         u = (np.zeros((t.shape[0], 3, *t.shape[2:]), np.float32) if u is None
              else np.ascontiguousarray(2.0 * _upsample2(u), dtype=np.float32))
-        gt = _gradient(t)
+        gt = np.ascontiguousarray(central_gradient(t))
         for _ in range(spec.steps):
             sw = kernels.warp(s, u, mode="border", threads=threads)
             u = kernels.demons_step(sw, t, gt, u, kernel, tau=spec.tau[level],

@@ -266,14 +266,10 @@ def compile_cache(option: Any) -> str:
 def _sha256(model: ModelSource) -> str:
     import hashlib
 
+    from ..cohort.fingerprints import file_sha256  # cached per file in this process
+
     src = model.onnx_bytes_or_path()
-    if isinstance(src, bytes):
-        return hashlib.sha256(src).hexdigest()
-    digest = hashlib.sha256()
-    with open(src, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else file_sha256(src)
 
 
 def _dense_conv(graph: Any) -> bool:
