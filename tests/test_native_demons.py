@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from regrisk import kernels, model_loading, reference
-from regrisk.backends import create_backend, native_demons, native_normalize, unavailable
+from regrisk.backends import (create_backend, native_demons, native_normalize, native_resize,
+                              unavailable)
 from regrisk.variance import gaussian_taps
 
 GAUSS = gaussian_taps(2.0, truncate=2.0)  # the network's demons smoothing: sigma 2, 9 taps
@@ -185,8 +186,10 @@ def test_openvino_runs_the_region_natively_and_can_be_told_not_to() -> None:
         with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
                             options={"native": native, "precision": "f32"}) as b:
             outs[native], infos[native] = b.run(feeds), b.describe()
-    assert infos[True]["native_parts"] == [native_normalize.OP, native_demons.OP]
-    assert infos[True]["native"] == 3  # each image's normalisation, then the demons
+    assert infos[True]["native_parts"] == [native_normalize.OP, native_demons.OP,
+                                           native_resize.OP]
+    # each image's normalisation, the demons, then the two field resizes
+    assert infos[True]["native"] == 5
     assert infos[False]["native_parts"] == [] and infos[False]["stages"] == 63
     assert infos[True]["stages"] < 10
     with create_backend(resolved.source, resolved.card, name="onnxruntime", threads=2) as b:

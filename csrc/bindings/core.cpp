@@ -17,6 +17,8 @@
 #include "demons/checks.h"
 #include "demons/demons.h"
 #include "compose/compose.h"
+#include "resample/checks.h"
+#include "resample/resample.h"
 #include "warp/warp.h"
 #include "welford/welford.h"
 #include "bindings/kernels.h"
@@ -92,6 +94,36 @@ void bind_demons(py::module_& m) {
       py::arg("out"), py::arg("threads") = 0);
 }
 
+void bind_resample(py::module_& m) {
+  using regrisk::bindings::host_array;
+  m.def(
+      "upsample2",
+      [](py::handle volume_obj, py::handle out_obj, int threads) {
+        const regrisk::Array volume = host_array(volume_obj, "volume"),
+                             out = host_array(out_obj, "out");
+        regrisk::check_upsample2(volume, out);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::upsample2(volume, out, team);
+      },
+      "out = volume (B, C, D, H, W) upsampled x2, linear with half-pixel centres and clamped "
+      "edges (csrc/resample/resample.h). threads: OpenMP team size (0: the default).",
+      py::arg("volume"), py::arg("out"), py::arg("threads") = 0);
+  m.def(
+      "average_pool",
+      [](py::handle volume_obj, int factor, py::handle out_obj, int threads) {
+        const regrisk::Array volume = host_array(volume_obj, "volume"),
+                             out = host_array(out_obj, "out");
+        regrisk::check_average_pool(volume, factor, out);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::average_pool(volume, factor, out, team);
+      },
+      "out = the mean of each factor^3 block of volume (B, C, D, H, W), stride factor "
+      "(csrc/resample/resample.h). threads: OpenMP team size (0: the default).",
+      py::arg("volume"), py::arg("factor"), py::arg("out"), py::arg("threads") = 0);
+}
+
 void set_num_threads(int n) { regrisk::cpu::set_default_threads(checked_threads(n, "n", 1)); }
 
 // Compiler settings that shape the kernels' code: optimisation, assertions, baseline ISA.
@@ -149,6 +181,7 @@ PYBIND11_MODULE(_core, m) {
             "dispatches.";
   regrisk::bindings::bind_kernels<HostKernels>(m);
   bind_demons(m);
+  bind_resample(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");
   m.def("get_num_threads", &regrisk::cpu::default_threads);

@@ -348,6 +348,35 @@ def gaussian_smooth(volume: Any, kernel: Any, threads: int | None = None) -> Any
     return out
 
 
+
+# --- resampling by whole factors ------------------------------------------------------------
+
+
+def upsample2(volume: Any, threads: int | None = None) -> Any:
+    """A (B,C,D,H,W) float32 volume upsampled x2 along i, j and k: linear, half-pixel centres,
+    edges clamped (ONNX Resize ``linear`` + ``half_pixel``; torch ``interpolate`` with
+    ``align_corners=False``). Returns (B,C,2D,2H,2W). NumPy only."""
+    _host_only("upsample2", volume=volume)
+    _check_array("volume", volume, np, (5,))
+    out = np.empty((*volume.shape[:2], *(2 * n for n in volume.shape[2:])), np.float32)
+    _core.upsample2(volume, out, _threads(threads))
+    return out
+
+
+def average_pool(volume: Any, factor: int, threads: int | None = None) -> Any:
+    """The mean of each factor^3 block of a (B,C,D,H,W) float32 volume, stride factor, trailing
+    remainders dropped (ONNX ``AveragePool`` with a cubic kernel and no padding). NumPy only."""
+    _host_only("average_pool", volume=volume)
+    _check_array("volume", volume, np, (5,))
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or not 1 <= factor <= 64:
+        raise ValueError(f"factor: expected an integer from 1 to 64, got {factor!r}")
+    if min(volume.shape[2:]) < factor:
+        raise ValueError(f"volume: every spatial axis needs at least {factor} voxels, shape is "
+                         f"{tuple(volume.shape)}")
+    out = np.empty((*volume.shape[:2], *(n // factor for n in volume.shape[2:])), np.float32)
+    _core.average_pool(volume, int(factor), out, _threads(threads))
+    return out
+
 def _host_only(op: str, **arrays: Any) -> None:
     for name, a in arrays.items():
         if _is_cupy(a):

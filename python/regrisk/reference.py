@@ -275,3 +275,34 @@ def gaussian_smooth(volume: np.ndarray, kernel: Any) -> np.ndarray:
     for axis, k in zip((2, 3, 4), per_axis):
         v = _replicate_smooth(v, np.asarray(k, dtype=np.float64), axis)
     return v.astype(np.float32)
+
+
+def upsample2(volume: np.ndarray) -> np.ndarray:
+    """Reference of kernels.upsample2: (B, C, D, H, W) linear x2 along axes 2, 3, 4 in turn,
+    half-pixel centres, edges clamped (ONNX Resize ``half_pixel``, torch ``align_corners=
+    False``): out[2m] = .75 x[m] + .25 x[m-1], out[2m+1] = .75 x[m] + .25 x[m+1], in float32."""
+    u = np.asarray(volume, dtype=np.float32)
+    for axis in (2, 3, 4):
+        n = u.shape[axis]
+        lo = np.take(u, np.maximum(np.arange(n) - 1, 0), axis=axis)
+        hi = np.take(u, np.minimum(np.arange(n) + 1, n - 1), axis=axis)
+        even, odd = np.float32(0.75) * u + np.float32(0.25) * lo, np.float32(0.75) * u + np.float32(0.25) * hi
+        u = np.stack([even, odd], axis=axis + 1).reshape(
+            *u.shape[:axis], 2 * n, *u.shape[axis + 1:])
+    return np.ascontiguousarray(u)
+
+
+def average_pool(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Reference of kernels.average_pool: the mean of each factor^3 block of (B, C, D, H, W),
+    stride factor, trailing remainders dropped (ONNX AveragePool without padding); summed in
+    float32 over the block's offsets in the order i, j, k, then scaled by float32(1 / f^3)."""
+    x = np.asarray(volume, dtype=np.float32)
+    f = int(factor)
+    n = [s // f for s in x.shape[2:]]
+    out = np.zeros((*x.shape[:2], *n), np.float32)
+    for i in range(f):
+        for j in range(f):
+            for k in range(f):
+                out += x[:, :, i:n[0] * f:f, j:n[1] * f:f, k:n[2] * f:f]
+    out *= np.float32(1.0 / f ** 3)
+    return out

@@ -93,34 +93,6 @@ def fuse(model: Any) -> tuple[Any, DemonsSpec] | None:
 # --- running --------------------------------------------------------------------------------
 
 
-def _pool(x: np.ndarray, f: int) -> np.ndarray:
-    """AveragePool with a cubic kernel and stride f, no padding (trailing remainders dropped).
-    The mean of f^3 values as the sum of f^3 strided views (a reduction over the interleaved
-    axes of a reshape is ~10x slower), in float32 as the graph's pooling."""
-    b, c, *g = x.shape
-    n = [s // f for s in g]
-    out = np.zeros((b, c, *n), np.float32)
-    for i in range(f):
-        for j in range(f):
-            for k in range(f):
-                out += x[:, :, i:n[0] * f:f, j:n[1] * f:f, k:n[2] * f:f]
-    out *= np.float32(1.0 / f ** 3)
-    return out
-
-
-def _upsample2(u: np.ndarray) -> np.ndarray:
-    """Linear x2 along the three spatial axes, half-pixel centres, edges clamped (ONNX Resize
-    ``half_pixel``, torch ``align_corners=False``): out[2m] = .75 x[m] + .25 x[m-1],
-    out[2m+1] = .75 x[m] + .25 x[m+1]."""
-    for axis in (2, 3, 4):
-        lo = np.concatenate([np.take(u, [0], axis=axis), np.take(u, range(u.shape[axis] - 1), axis=axis)], axis=axis)
-        hi = np.concatenate([np.take(u, range(1, u.shape[axis]), axis=axis), np.take(u, [-1], axis=axis)], axis=axis)
-        even, odd = 0.75 * u + 0.25 * lo, 0.75 * u + 0.25 * hi
-        u = np.stack([even, odd], axis=axis + 1).reshape(
-            *u.shape[:axis], 2 * u.shape[axis], *u.shape[axis + 1:])
-    return np.ascontiguousarray(u, dtype=np.float32)
-
-
 def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int | None) -> np.ndarray:
     """The region's output for (B, 1, D, H, W) normalised images: the field at the last level's
     resolution, in full-resolution voxels."""
@@ -130,10 +102,10 @@ def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int |
     kernel = np.asarray(spec.kernel, dtype=np.float32)
     u = None
     for level, f in enumerate(spec.levels):
-        s = np.ascontiguousarray(_pool(source, f) if f > 1 else source, dtype=np.float32)
-        t = np.ascontiguousarray(_pool(target, f) if f > 1 else target, dtype=np.float32)
+        s = kernels.average_pool(source, f, threads) if f > 1 else source
+        t = kernels.average_pool(target, f, threads) if f > 1 else target
         u = (np.zeros((t.shape[0], 3, *t.shape[2:]), np.float32) if u is None
-             else np.ascontiguousarray(2.0 * _upsample2(u), dtype=np.float32))
+             else np.float32(2.0) * kernels.upsample2(u, threads))
         gt = np.ascontiguousarray(central_gradient(t))
         for _ in range(spec.steps):
             sw = kernels.warp(s, u, mode="border", threads=threads)
@@ -146,5 +118,6 @@ def runner(spec: DemonsSpec, threads: int | None) -> Callable[[list[np.ndarray]]
     """run() as a staged graph's native part: feeds by position -> outputs by position."""
     def call(feeds: list[np.ndarray]) -> list[np.ndarray]:
         source, target = feeds
-        return [run(spec, np.asarray(source, np.float32), np.asarray(target, np.float32), threads)]
+        return [run(spec, np.ascontiguousarray(source, np.float32),
+                    np.ascontiguousarray(target, np.float32), threads)]
     return call

@@ -10,8 +10,8 @@ options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds o
 cross as NumPy), ``precision`` ("auto" default: bf16 for graphs whose map was measured to keep
 it, ``BF16_MEASURED``, on CPUs that compute bf16 natively, else f32; "f32", "bf16" or "f16"
 force OpenVINO's inference precision hint), ``gridsample`` ("staged" default, or "rewrite"),
-``native`` (True default: in a staged graph, regions regrisk runs natively,
-``backends.native_demons``), ``cache_dir`` (OpenVINO's
+``native`` (True default: in a staged graph, regions regrisk runs natively:
+``backends.native_normalize``, ``native_demons``, ``native_resize``), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
 ``$XDG_CACHE_HOME/regrisk/openvino``, else ``~/.cache/regrisk/openvino``; ``""`` turns it off).
 The cache only shortens compilation (the staged default model: 11 s -> 4.5 s at the second
@@ -33,7 +33,7 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
-from . import Array, Backend, ModelSource, native_demons, native_normalize
+from . import Array, Backend, ModelSource, native_demons, native_normalize, native_resize
 from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
@@ -129,11 +129,12 @@ class OpenVinoBackend(Backend):
     def _staged(self, graph: Any) -> StagedGraph:
         """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
         default network's normalisation and demons, ``backends.native_normalize`` and
-        ``native_demons``) are one part each instead of ~100 backend nodes."""
+        ``native_demons``) are one part each instead of ~100 backend nodes, and field resizes
+        (``native_resize``) run by regrisk's upsampling kernel."""
         from ..kernels import Bound
 
         natives = {}
-        for module in (native_normalize, native_demons) if self.native else ():
+        for module in (native_normalize, native_demons, native_resize) if self.native else ():
             fused = module.fuse(graph)
             if fused is not None:
                 graph, spec = fused
