@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -83,10 +84,21 @@ def _slices(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
 def overview_png(path: str | os.PathLike[str], target: np.ndarray, source: np.ndarray,
                  warped: np.ndarray, sigma: np.ndarray, mask: np.ndarray | None = None,
                  title: str = "") -> None:
-    """Four columns (target, source, warped source, sigma over target) x three orientations."""
-    import matplotlib
-
+    """Four columns (target, source, warped source, sigma over target) x three orientations,
+    written to ``path`` whole (:func:`overview_bytes`)."""
     from .io import atomic_file
+
+    png = overview_bytes(target, source, warped, sigma, mask, title)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(png)
+
+
+def overview_bytes(target: np.ndarray, source: np.ndarray, warped: np.ndarray,
+                   sigma: np.ndarray, mask: np.ndarray | None = None, title: str = "") -> bytes:
+    """The overview figure (:func:`overview_png`) as PNG bytes."""
+    import io as bytes_io
+
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,11 +135,12 @@ def overview_png(path: str | os.PathLike[str], target: np.ndarray, source: np.nd
     cb.set_label("sigma (mm)")
     if title:
         fig.suptitle(title, fontsize=11)
+    buffer = bytes_io.BytesIO()
     try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=90, facecolor="white")
+        fig.savefig(buffer, format="png", dpi=90, facecolor="white")
     finally:
         plt.close(fig)
+    return buffer.getvalue()
 
 
 def run_demo(out: str | os.PathLike[str] = "regrisk-demo", samples: int = 50, seed: int = 0,
@@ -160,13 +173,17 @@ def run_demo(out: str | os.PathLike[str] = "regrisk-demo", samples: int = 50, se
                                           np.asarray(res.displacement, dtype=np.float64)), tgt_lab)
     sigma = np.asarray(res.uncertainty, dtype=np.float32)
     same_grid = source.shape == target.shape == sigma.shape
-    with io.OutputFolder(out, overwrite) as stage:
-        res.save(stage, overwrite=True)
+    with io.OutputFolder(out, overwrite) as stage, ThreadPoolExecutor(1) as saver:
+        # the maps compress (zlib, no GIL) while the overview renders (matplotlib, Python);
+        # the PNG goes in after them: save() puts its folder in place whole
+        saving = saver.submit(res.save, stage, overwrite=True)
         title = (f"regrisk demo: default network, paper preset, K = {samples}; sigma in the "
                  f"brain: mean {float(sigma[brain].mean()):.2f} mm; tissue Dice "
                  f"{before['mean']:.3f} -> {after['mean']:.3f}")
-        overview_png(stage / "overview.png", target, source if same_grid else target,
-                     np.asarray(res.warped_source, dtype=np.float32), sigma, brain, title)
+        png = overview_bytes(target, source if same_grid else target,
+                             np.asarray(res.warped_source, dtype=np.float32), sigma, brain, title)
+        saving.result()
+        (stage / "overview.png").write_bytes(png)
         files = sorted(p.name for p in stage.iterdir())
     return DemoResult(out, files, time.perf_counter() - t0, dict(res.timings),
                       float(sigma[brain].mean()), float(np.percentile(sigma[brain], 95)),

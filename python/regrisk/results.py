@@ -18,6 +18,7 @@ Output conventions (on the target's native grid, with its affine):
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +98,29 @@ class EstimateResult:
         replaces only a folder regrisk wrote, never one holding an input or the model."""
         t0 = time.perf_counter()
         with io.OutputFolder(out_dir, overwrite, protect=self.inputs) as tmp:
-            files = []
-            for name, data, desc, vector in self._maps():
-                if vector:  # ITK's convention on disk: LPS+ vectors
-                    fieldfiles.save_displacement(tmp / name, data, self.affine, desc)
-                else:
-                    io.save_nifti(tmp / name, data, self.affine, description=desc)
-                files.append(name)
+            maps = self._maps()
+            # one file per thread: gzip (zlib) runs without the GIL, so two cores compress two
+            # maps at once (1.7 -> ~0.9 s for the demo's six); any error is raised here
+            with ThreadPoolExecutor(max_workers=max(1, min(len(maps), _cores()))) as pool:
+                for done in [pool.submit(self._save_map, tmp / name, data, desc, vector)
+                             for name, data, desc, vector in maps]:
+                    done.result()
+            files = [name for name, *_ in maps]
             self.timings["save"] = time.perf_counter() - t0
             summary = dict(self.summary, timings=dict(self.timings), files=files + ["summary.json"])
             io.write_json(tmp / "summary.json", summary)
         return Path(out_dir)
+
+    def _save_map(self, path: Path, data: np.ndarray, desc: str, vector: bool) -> None:
+        if vector:  # ITK's convention on disk: LPS+ vectors
+            fieldfiles.save_displacement(path, data, self.affine, desc)
+        else:
+            io.save_nifti(path, data, self.affine, description=desc)
+
+
+def _cores() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .native_regions import Constants, replace
+from .native_regions import DOMAIN, Constants
 
 OP = "Upsample2"
 DENSE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "ConvInteger", "QLinearConv"}
@@ -90,21 +90,33 @@ def _field_resize(model: Any, node: Any, consumers: dict[str, list[tuple[Any, in
 def fuse(model: Any) -> tuple[Any, int] | None:
     """A copy of ``model`` with every field resize (module docstring) replaced by one
     ``Upsample2`` node, and how many were; None when there is none."""
+    from onnx import ModelProto, helper
+
     constants = Constants(model)
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[tuple[Any, int]]] = {}
     for n in model.graph.node:
         for slot, name in enumerate(n.input):
             consumers.setdefault(name, []).append((n, slot))
-    picked = [n.output[0] for n in model.graph.node if n.op_type == "Resize"
+    picked = [n for n in model.graph.node if n.op_type == "Resize"
               and _is_x2_linear(n, constants, producers) and _field_resize(model, n, consumers)]
-    count = 0
-    for made in picked:  # by output: tensor names are unique, node names need not be
-        node = next(n for n in model.graph.node if n.output and n.output[0] == made)
-        fused = replace(model, [node], [node.input[0]], OP, f"{node.name or made}/{OP}")
-        if fused is not None:
-            model, count = fused, count + 1
-    return (model, count) if count else None
+    if not picked:
+        return None
+    # one node for one node, same output, reading a subset of what it read: the graph stays
+    # closed, so the swap is done on a copy in place (native_regions.replace checks a region)
+    keep = {n.output[0] for n in picked}
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type == "Resize" and node.output[0] in keep:
+            source = node.input[0]
+            node.op_type, node.domain, node.name = OP, DOMAIN, f"{node.name or node.output[0]}/{OP}"
+            del node.input[:]
+            node.input.append(source)
+            del node.attribute[:]
+    if all(o.domain != DOMAIN for o in copy.opset_import):
+        copy.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return copy, len(picked)
 
 
 def runner(spec: int, threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:

@@ -121,16 +121,17 @@ class OpenVinoBackend(Backend):
         if cuts and self.gridsample_mode == "rewrite":
             rewrite_gridsample(graph)
         if cuts and self.gridsample_mode == "staged":
-            self.staged = self._staged(graph)
+            self.staged = self._staged(graph, {graph.graph.node[i].output[0] for i in cuts})
         else:
             self.network = self._read(graph.SerializeToString())
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
 
-    def _staged(self, graph: Any) -> StagedGraph:
+    def _staged(self, graph: Any, samplers: set[str]) -> StagedGraph:
         """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
         default network's normalisation and demons, ``backends.native_normalize`` and
         ``native_demons``) are one part each instead of ~100 backend nodes, and field resizes
-        (``native_resize``) run by regrisk's upsampling kernel."""
+        (``native_resize``) run by regrisk's upsampling kernel. ``samplers``: the outputs of
+        the 5-D GridSample nodes, where the graph is cut."""
         from ..kernels import Bound
 
         natives = {}
@@ -140,8 +141,9 @@ class OpenVinoBackend(Backend):
                 graph, spec = fused
                 natives[module.OP] = module.runner(spec, self.threads)
                 self.fused.append(module.OP)
-        cuts = sorted(set(five_d_gridsamples(graph))
-                      | {i for i, n in enumerate(graph.graph.node) if n.op_type in natives})
+        # the 5-D GridSamples by what they make (the surgery keeps them; no second inference)
+        cuts = [i for i, n in enumerate(graph.graph.node)
+                if n.op_type in natives or (n.output and n.output[0] in samplers)]
         return StagedGraph(split(graph, cuts, natives), self._compile_stage,
                            Bound(self.threads).warp)
 
