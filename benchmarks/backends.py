@@ -78,7 +78,8 @@ def _export_case(name: str, tmp: str, tiny: bool) -> Case:
 
         grid = (32, 32, 32) if tiny else vxm.GRID
         form = "staged" if name.endswith("staged") else "monolithic"
-        vxm.export_voxelmorph(path, random_init=True, grid=grid, form=form, verbose=False)
+        vxm.export_voxelmorph(path, random_init=True, grid=grid, form=form, verbose=False,
+                              batch_sizes=(1,))  # a batch-2 check doubles its ~10 GB
         torch.manual_seed(0)
         net = vxm.build_network()
         vxm.randomize(net, 0)
@@ -87,7 +88,7 @@ def _export_case(name: str, tmp: str, tiny: bool) -> Case:
     from regrisk.exporters import unigradicon as ugi
 
     grid = (65, 65, 65) if tiny else ugi.GRID
-    ugi.export_unigradicon(path, random_init=True, grid=grid, verbose=False)
+    ugi.export_unigradicon(path, random_init=True, grid=grid, verbose=False, batch_sizes=(1,))
     torch.manual_seed(0)
     net = ugi.build_network(grid)
     ugi.randomize(net, 0)
@@ -185,6 +186,8 @@ def run_case(case: Case, args: argparse.Namespace, threads: int) -> list[dict]:
     source, target = make_pair(case.grid, case.spacing)
     rows = []
     for label, backend, options in contenders(case):
+        if args.only and not any(text in label for text in args.only):
+            continue
         t0 = time.perf_counter()
         try:
             est = _estimator(case, backend, options, threads)
@@ -248,6 +251,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tiny", action="store_true", help="shrunk grids: checks the script runs")
     ap.add_argument("--skip-script", action="store_true", help="no research-script baseline")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="only contenders whose label contains TEXT (repeatable): the large "
+                         "cases take minutes per K = 50 contender")
     args = ap.parse_args()
 
     import torch
