@@ -429,6 +429,11 @@ def test_welford_merge_with_empty_and_itself(xp, rng):
     assert acc.count == 4
     empty = _welford(xp, shape).merge(acc)
     check_close(to_host(empty.covariance), to_host(acc.covariance), rtol=1e-6, atol=1e-7)
+    # into an empty accumulator the merge is the other's state, exactly, and a copy of it
+    assert empty.count == 4 and np.array_equal(to_host(empty.mean), to_host(acc.mean))
+    assert np.array_equal(to_host(empty.covariance), to_host(acc.covariance))
+    empty.update(on(xp, x[:1]))
+    assert acc.count == 4 and empty.count == 5
     acc.merge(acc)  # the same samples twice
     both = np.concatenate([x, x]).astype(np.float64)
     np.testing.assert_allclose(to_host(acc.covariance)[0], np.var(both[:, 0], axis=0, ddof=1), rtol=1e-5)

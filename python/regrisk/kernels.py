@@ -474,6 +474,11 @@ class Welford:
             raise ValueError(f"other: lives on {other._xp.__name__}, this accumulator on {self._xp.__name__}")
         if other._count == 0:
             return self
+        if self._count == 0:  # Chan's update from nothing is the other's state: copy it
+            self._xp.copyto(self._mean, other._mean)
+            self._xp.copyto(self._m2, other._m2)
+            self._count = other._count
+            return self
         mean_b, m2_b = other._mean, other._m2
         if other is self:
             mean_b, m2_b = mean_b.copy(), m2_b.copy()
