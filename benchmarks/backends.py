@@ -78,8 +78,8 @@ def _export_case(name: str, tmp: str, tiny: bool) -> Case:
 
         grid = (32, 32, 32) if tiny else vxm.GRID
         form = "staged" if name.endswith("staged") else "monolithic"
-        vxm.export_voxelmorph(path, random_init=True, grid=grid, form=form, verbose=False,
-                              batch_sizes=(1,))  # a batch-2 check doubles its ~10 GB
+        _in_child(vxm.export_voxelmorph, path, random_init=True, grid=grid, form=form,
+                  verbose=False, batch_sizes=(1,))  # a batch-2 check doubles its ~10 GB
         torch.manual_seed(0)
         net = vxm.build_network()
         vxm.randomize(net, 0)
@@ -88,12 +88,25 @@ def _export_case(name: str, tmp: str, tiny: bool) -> Case:
     from regrisk.exporters import unigradicon as ugi
 
     grid = (65, 65, 65) if tiny else ugi.GRID
-    ugi.export_unigradicon(path, random_init=True, grid=grid, verbose=False, batch_sizes=(1,))
+    _in_child(ugi.export_unigradicon, path, random_init=True, grid=grid, verbose=False,
+              batch_sizes=(1,))
     torch.manual_seed(0)
     net = ugi.build_network(grid)
     ugi.randomize(net, 0)
     module = ugi._wrapper_class()(net).eval()
     return Case(name, path, tuple(grid), module, _UnitMapToVoxels(module, grid))
+
+
+def _in_child(export: Any, *args: Any, **kwargs: Any) -> None:
+    """An export in a child process: its parity check holds the network's activations in two
+    frameworks (10-18 GB at these grids), which the benchmark's process would keep."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=export, args=args, kwargs=kwargs)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"export failed in its child process (exit code {child.exitcode})")
 
 
 class _UnitMapToVoxels:
@@ -155,16 +168,19 @@ def contenders(case: Case) -> list[tuple[str, str, dict]]:
     return out
 
 
-def _estimator(case: Case, backend: str, options: dict, threads: int) -> Any:
+def _estimator(case: Case, backend: str, options: dict, threads: int,
+               budget_gib: float | None = None) -> Any:
     from regrisk import Estimator
     from regrisk.card import read_card
 
+    budget = None if budget_gib is None else int(budget_gib * 2**30)
     if backend == "torch":
         est = Estimator(case.module, card=read_card(case.path), backend="torch",
-                        threads=threads, backend_options={"device": "cpu"})
+                        threads=threads, backend_options={"device": "cpu"}, memory_budget=budget)
         est.runner.bind(case.grid)  # a module's backend is made at its first target
         return est
-    return Estimator(case.path, backend=backend, backend_options=options, threads=threads)
+    return Estimator(case.path, backend=backend, backend_options=options, threads=threads,
+                     memory_budget=budget)
 
 
 def _per_pass(est: Any, grid: tuple[int, int, int], passes: int) -> float:
@@ -190,7 +206,7 @@ def run_case(case: Case, args: argparse.Namespace, threads: int) -> list[dict]:
             continue
         t0 = time.perf_counter()
         try:
-            est = _estimator(case, backend, options, threads)
+            est = _estimator(case, backend, options, threads, args.memory_budget)
         except Exception as exc:  # a contender that cannot run here is reported, not fatal
             rows.append({"label": label, "error": str(exc).splitlines()[0][:120]})
             continue
@@ -251,6 +267,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tiny", action="store_true", help="shrunk grids: checks the script runs")
     ap.add_argument("--skip-script", action="store_true", help="no research-script baseline")
+    ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                    help="each estimator's memory budget (default: the engine's, half of what is "
+                         "available when it is made, which the large exports leave short)")
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
                     help="only contenders whose label contains TEXT (repeatable): the large "
                          "cases take minutes per K = 50 contender")
