@@ -55,7 +55,8 @@ def test_openvino_matches_onnxruntime(tmp_path, rng, layout, batch) -> None:
 def test_openvino_compiles_once_per_batch(tmp_path, rng) -> None:
     path = com_model(tmp_path / "com.onnx", GRID)
     resolved = model_loading.resolve(str(path))
-    with create_backend(resolved.source, resolved.card, name="openvino", threads=2) as backend:
+    with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
+                        options={"lanes": 1}) as backend:
         first = backend._model(1)
         for b in (1, 4, 1, 4):
             backend.run(_pair(rng, b))
@@ -63,6 +64,32 @@ def test_openvino_compiles_once_per_batch(tmp_path, rng) -> None:
         assert backend.describe()["compiled_batches"] == [1, 4]
         # the thread count reaches the compiled model, not only the summary
         assert int(first.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+        assert int(first.compiled.get_property("NUM_STREAMS")) == 1
+
+
+@needs_openvino
+@pytest.mark.parametrize("model", ["com", "warp"])
+def test_openvino_lanes_run_images_concurrently(tmp_path, rng, model) -> None:
+    """Two lanes (the default at 2 threads): one compilation at batch 1 with a stream per
+    lane, each image of a batch on one lane; the same outputs as one lane, bit for bit, for a
+    whole graph and a staged one, at every batch size."""
+    path = (com_model(tmp_path / "com.onnx", GRID) if model == "com"
+            else warp_model(tmp_path / "warp.onnx", GRID, padding="border", align_corners=True))
+    resolved = model_loading.resolve(str(path))
+    make = lambda lanes: create_backend(resolved.source, resolved.card, name="openvino",  # noqa: E731
+                                        threads=2, options={"lanes": lanes})
+    with make("auto") as two, make(1) as one:
+        for b in (1, 5, 2):
+            feeds = _pair(rng, b)
+            np.testing.assert_array_equal(two.run(feeds), one.run(feeds))
+        info = two.describe()
+        assert (info["lanes"], info["compiled_batches"]) == (2, [1])
+        compiled = two._model(1) if model == "com" else two.staged.compiled[0]
+        assert int(compiled.compiled.get_property("NUM_STREAMS")) == 2
+        assert one.describe()["lanes"] == 1
+    with pytest.raises(ModelError, match="lanes 3"):
+        create_backend(resolved.source, resolved.card, name="openvino", threads=2,
+                       options={"lanes": 3})
 
 
 @needs_openvino

@@ -114,9 +114,9 @@ def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int |
     return u * np.float32(spec.levels[-1])
 
 
-def runner(spec: DemonsSpec, threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def runner(spec: DemonsSpec, threads: int | None) -> Callable[..., list[np.ndarray]]:
     """run() as a staged graph's native part: feeds by position -> outputs by position."""
-    def call(feeds: list[np.ndarray]) -> list[np.ndarray]:
+    def call(feeds: list[np.ndarray], threads: int | None = threads) -> list[np.ndarray]:
         source, target = feeds
         return [run(spec, np.ascontiguousarray(source, np.float32),
                     np.ascontiguousarray(target, np.float32), threads)]

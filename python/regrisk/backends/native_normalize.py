@@ -92,8 +92,8 @@ def run(spec: NormalizeSpec, x: np.ndarray, threads: int | None) -> np.ndarray:
     return c
 
 
-def runner(spec: NormalizeSpec, threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def runner(spec: NormalizeSpec, threads: int | None) -> Callable[..., list[np.ndarray]]:
     """run() as a staged graph's native part."""
-    def call(feeds: list[np.ndarray]) -> list[np.ndarray]:
+    def call(feeds: list[np.ndarray], threads: int | None = threads) -> list[np.ndarray]:
         return [run(spec, feeds[0], threads)]
     return call

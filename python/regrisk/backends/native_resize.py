@@ -119,10 +119,10 @@ def fuse(model: Any) -> tuple[Any, int] | None:
     return copy, len(picked)
 
 
-def runner(spec: int, threads: int | None) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def runner(spec: int, threads: int | None) -> Callable[..., list[np.ndarray]]:
     """kernels.upsample2 as a staged graph's native part (``spec``: the count, unused)."""
     from .. import kernels
 
-    def call(feeds: list[np.ndarray]) -> list[np.ndarray]:
+    def call(feeds: list[np.ndarray], threads: int | None = threads) -> list[np.ndarray]:
         return [kernels.upsample2(np.ascontiguousarray(feeds[0], np.float32), threads)]
     return call

@@ -10,6 +10,7 @@ options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds o
 cross as NumPy), ``precision`` ("auto" default: bf16 for graphs whose map was measured to keep
 it, ``BF16_MEASURED``, on CPUs that compute bf16 natively, else f32; "f32", "bf16" or "f16"
 force OpenVINO's inference precision hint), ``gridsample`` ("staged" default, or "rewrite"),
+``lanes`` (below),
 ``native`` (True default: in a staged graph, regions regrisk runs natively:
 ``backends.native_normalize``, ``native_demons``, ``native_resize``), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
@@ -17,15 +18,25 @@ compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
 The cache only shortens compilation (the staged default model: 11 s -> 4.5 s at the second
 run); a folder that cannot be made leaves it off.
 
-A staged graph runs one image at a time: each batch size is a compilation of every stage
-(63 for the default model, ~6 s), and the engine's micro-batches (4, then the remainder) would
-compile two or three times for a per-pass gain of about 10%.
+``lanes`` ("auto" default: 2 on a CPU with an even thread count, else 1; or a count up to the
+thread count): how many images of a batch run at once, each on threads / lanes cores, through
+OpenVINO's throughput mode (one stream per lane) and, in a staged graph, native parts with that
+many threads. On the 2-core development machine two lanes of one core did 1.5-1.7x the images
+per second of one lane of two (the default model and the benchmark U-Net: small kernels and
+per-call overhead scale poorly across cores, and one image's native parts leave the other
+core idle), with the same outputs bit for bit (benchmarks/RESULTS.md).
+
+A graph with a free batch runs one image at a time: each batch size would be a compilation of
+every stage (63 for the default model, ~6 s), and the engine's micro-batches (4, then the
+remainder) would compile two or three times for a per-pass gain of about 10%.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +74,22 @@ def _onnx_model(model: ModelSource) -> Any:
 
 
 class _Compiled:
-    """One compiled model and its reused infer request."""
+    """One compiled model and its reused infer requests, one per calling thread (a request
+    serves one inference at a time; lanes run theirs concurrently)."""
 
     def __init__(self, compiled: Any, outputs: list[str]) -> None:
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
+        self._local = threading.local()
         self.outputs = outputs  # by the graph's names: OpenVINO may merge a tensor's aliases
         # what the device runs at: a CPU without bf16 runs f32 whatever the hint asked
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    @property
+    def request(self) -> Any:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
 
     def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         # np.require, not ascontiguousarray: that makes a 0-d array (a scalar feed) 1-d
@@ -111,6 +130,8 @@ class OpenVinoBackend(Backend):
         self.channels = {n: card.inputs.channels for n in self.input_names}
         self.output_name = card.output.name
         self.fixed_batch = card.batch_size if card.batch == "fixed" else None
+        self.lanes = self._lanes(options.get("lanes", "auto"))
+        self._pool: ThreadPoolExecutor | None = None
         self._models: dict[int, Any] = {}
         self.native = bool(options.get("native", True))
         self.fused: list[str] = []
@@ -132,8 +153,6 @@ class OpenVinoBackend(Backend):
         ``native_demons``) are one part each instead of ~100 backend nodes, and field resizes
         (``native_resize``) run by regrisk's upsampling kernel. ``samplers``: the outputs of
         the 5-D GridSample nodes, where the graph is cut."""
-        from ..kernels import Bound
-
         natives = {}
         for module in (native_normalize, native_demons, native_resize) if self.native else ():
             fused = module.fuse(graph)
@@ -144,8 +163,7 @@ class OpenVinoBackend(Backend):
         # the 5-D GridSamples by what they make (the surgery keeps them; no second inference)
         cuts = [i for i, n in enumerate(graph.graph.node)
                 if n.op_type in natives or (n.output and n.output[0] in samplers)]
-        return StagedGraph(split(graph, cuts, natives), self._compile_stage,
-                           Bound(self.threads).warp)
+        return StagedGraph(split(graph, cuts, natives), self._compile_stage, self.threads)
 
     def _precision(self, model: ModelSource) -> str:
         """The requested precision; for "auto", bf16 for a graph in BF16_MEASURED on a device
@@ -156,10 +174,24 @@ class OpenVinoBackend(Backend):
             return "f32"
         return "bf16" if _sha256(model) in BF16_MEASURED else "f32"
 
+    def _lanes(self, option: Any) -> int:
+        """Images run concurrently, each on threads / lanes cores. "auto": two on a CPU with an
+        even thread count, else one; a fixed-batch graph and other devices always one."""
+        if self.fixed_batch is not None or self.target != "CPU":
+            return 1
+        if option == "auto":
+            return 2 if self.threads >= 2 and self.threads % 2 == 0 else 1
+        if isinstance(option, bool) or not isinstance(option, int) or not 1 <= option <= self.threads:
+            raise ModelError(f"openvino: lanes {option!r}; use 'auto' or 1-{self.threads} "
+                             f"(at most the thread count)")
+        return option
+
     # -- compilation ----------------------------------------------------------------------------
     def _config(self, precision: str | None = None) -> dict[str, Any]:
-        return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": precision or self.precision}
+        # lanes: OpenVINO's throughput mode, one stream (threads / lanes cores) per lane
+        hint = "THROUGHPUT" if self.lanes > 1 else "LATENCY"
+        return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": hint,
+                "NUM_STREAMS": self.lanes, "INFERENCE_PRECISION_HINT": precision or self.precision}
 
     def _read(self, data: bytes) -> Any:
         try:
@@ -210,24 +242,34 @@ class OpenVinoBackend(Backend):
         check_feeds(self.name, self.input_names, feeds)
         feeds = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names}
         batch = int(feeds[self.input_names[0]].shape[0])
-        per_image = self.staged is not None and self.fixed_batch is None
-        model = self._model(1 if per_image else batch)
-        if per_image:  # one image at a time: one compilation serves every batch
-            out = np.concatenate([self.staged.run({n: a[b:b + 1] for n, a in feeds.items()},
-                                                  [self.output_name])[self.output_name]
-                                  for b in range(batch)])
-        elif model is self.staged:
-            out = self.staged.run(feeds, [self.output_name])[self.output_name]
-        else:
-            out = model(feeds)[self.output_name]
+        if self.fixed_batch is None and (self.staged is not None or self.lanes > 1):
+            # one image at a time (one compilation serves every batch), lanes concurrently
+            images = [{n: a[b:b + 1] for n, a in feeds.items()} for b in range(batch)]
+            if batch > 1 and self.lanes > 1:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="regrisk-lane")
+                out = list(self._pool.map(self._image, images, [self.threads // self.lanes] * batch))
+            else:
+                out = [self._image(image, None) for image in images]
+            return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+        model = self._model(batch)
+        out = (self.staged.run(feeds, [self.output_name]) if model is self.staged
+               else model(feeds))[self.output_name]
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _image(self, feeds: Mapping[str, Array], threads: int | None) -> Array:
+        """One image's output; ``threads``: the native parts' team (None: all the threads)."""
+        model = self._model(1)
+        if model is self.staged:
+            return self.staged.run(feeds, [self.output_name], threads)[self.output_name]
+        return model(feeds)[self.output_name]
 
     def describe(self) -> dict[str, Any]:
         import openvino as ov
 
         info: dict[str, Any] = {
             "backend": self.name, "device": self.device, "openvino_device": self.target,
-            "precision": self.precision, "threads": self.threads,
+            "precision": self.precision, "threads": self.threads, "lanes": self.lanes,
             "openvino": ov.get_version().split("-")[0], "fixed_batch": self.fixed_batch,
             "cache_dir": self.cache_dir or None,
             "compiled_batches": sorted(self._models)}
@@ -244,6 +286,9 @@ class OpenVinoBackend(Backend):
         return info
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._models.clear()
         self.staged = None
 

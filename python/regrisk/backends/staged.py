@@ -10,6 +10,8 @@ conventions). Tensors that cross a cut are handed on as NumPy arrays.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +52,12 @@ class Stage:
 @dataclass
 class Native:
     """A node of regrisk's own domain (e.g. the fused demons, ``backends.native_demons``), run
-    by ``run(inputs in order) -> outputs in order``."""
+    by ``run(inputs in order[, threads]) -> outputs in order`` (threads: the CPU team size of
+    this call; omitted, the runner's own)."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    run: Callable[[list[Array]], list[Array]]
+    run: Callable[..., list[Array]]
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Sample:
 
 
 def split(model: Any, cuts: Sequence[int],
-          natives: Mapping[str, Callable[[list[Array]], list[Array]]] | None = None
+          natives: Mapping[str, Callable[..., list[Array]]] | None = None
           ) -> list[Stage | Sample | Native]:
     """``model`` cut at the nodes at indices ``cuts`` (of ``model.graph.node``, which ONNX keeps
     in topological order) into stages, samples (GridSample nodes) and native parts (nodes
@@ -180,14 +183,17 @@ def gridsample_as_warp(volume: Array, grid: Array, border: bool, align_corners: 
 
 class StagedGraph:
     """Runs ``parts`` in order: stages through ``compile_stage`` (compiled once per shape of
-    their feeds, given the graph with those shapes declared), samples through ``warp``."""
+    their feeds, given the graph with those shapes declared), samples through
+    :func:`regrisk.kernels.warp`. A compiled stage may be called from several threads at once
+    (the backend keeps a request per thread), so several images can run concurrently."""
 
     def __init__(self, parts: list[Stage | Sample | Native], compile_stage: StageCompiler,
-                 warp: Callable[..., Array]) -> None:
+                 threads: int | None = None) -> None:
         self.parts = parts
         self.compile_stage = compile_stage
-        self.warp = warp
+        self.threads = threads
         self._compiled: dict[tuple[int, tuple], Callable[..., dict[str, Array]]] = {}
+        self._lock = threading.Lock()  # one compilation per stage and shape
 
     @property
     def compiled(self) -> list[Any]:
@@ -200,21 +206,33 @@ class StagedGraph:
                 "samples": sum(isinstance(p, Sample) for p in self.parts),
                 "native": sum(isinstance(p, Native) for p in self.parts)}
 
-    def run(self, feeds: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
+    def run(self, feeds: Mapping[str, Array], outputs: Sequence[str],
+            threads: int | None = None) -> dict[str, Array]:
+        """The graph's ``outputs`` for ``feeds``; ``threads``: the CPU team of this call's native
+        parts and samples (None: the graph's own)."""
+        from .. import kernels
+
+        threads = self.threads if threads is None else threads
+        warp = functools.partial(kernels.warp, threads=threads)
         values: dict[str, Array] = dict(feeds)
         for i, part in enumerate(self.parts):
             if isinstance(part, Sample):
                 values[part.output] = gridsample_as_warp(values[part.volume], values[part.grid],
-                                                         part.border, part.align_corners, self.warp)
-                continue
-            if isinstance(part, Native):
-                values.update(zip(part.outputs, part.run([values[n] for n in part.inputs])))
-                continue
-            stage_feeds = {n: values[n] for n in part.inputs}
-            key = (i, tuple((n, a.shape) for n, a in stage_feeds.items()))
-            runner = self._compiled.get(key)
-            if runner is None:
-                shapes = {n: tuple(a.shape) for n, a in stage_feeds.items()}
-                runner = self._compiled[key] = self.compile_stage(part.with_shapes(shapes))
-            values.update(runner(stage_feeds))
+                                                         part.border, part.align_corners, warp)
+            elif isinstance(part, Native):
+                values.update(zip(part.outputs, part.run([values[n] for n in part.inputs],
+                                                         threads)))
+            else:
+                values.update(self._stage(i, part, {n: values[n] for n in part.inputs}))
         return {n: values[n] for n in outputs}
+
+    def _stage(self, i: int, part: Stage, feeds: dict[str, Array]) -> dict[str, Array]:
+        key = (i, tuple((n, a.shape) for n, a in feeds.items()))
+        runner = self._compiled.get(key)
+        if runner is None:
+            with self._lock:
+                runner = self._compiled.get(key)
+                if runner is None:
+                    shapes = {n: tuple(a.shape) for n, a in feeds.items()}
+                    runner = self._compiled[key] = self.compile_stage(part.with_shapes(shapes))
+        return runner(feeds)
