@@ -153,6 +153,7 @@ def contenders(case: Case) -> list[tuple[str, str, dict]]:
         mode = " staged" if warps else ""
         bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         out.append(("openvino auto (the default)", "openvino", {}))
+        out.append(("openvino auto, one lane (the default before lanes)", "openvino", {"lanes": 1}))
         out.append((f"openvino f32{mode}", "openvino", {"precision": "f32"}))
         if warps:  # staged as before the native parts (backends.native_*)
             out.append(("openvino f32 staged, no native parts", "openvino",
