@@ -18,12 +18,23 @@ from .perturbations import Block, DrawSet
 Array = Any
 
 
-def micro_batches(draws: DrawSet, batch: int, passes: int = 1) -> Iterator[Block]:
-    """Blocks of at most ``batch`` rows, family by family, each row repeated ``passes`` times."""
+def micro_batches(draws: DrawSet, batch: int, passes: int = 1) -> Iterator[list[Block]]:
+    """The draws' rows (each repeated ``passes`` times), in order, cut into network calls of
+    at most ``batch`` rows; a call is a list of single-family blocks, so that families share a
+    call (a backend running images in lanes gets even calls, not a family's odd remainder)."""
+    call: list[Block] = []
+    room = batch
     for block in draws.blocks:
         rows = np.repeat(np.arange(len(block)), passes)
-        for i in range(0, len(rows), batch):
-            yield block.take(rows[i:i + batch])
+        while rows.size:
+            take, rows = rows[:room], rows[room:]
+            call.append(block.take(take))
+            room -= take.size
+            if room == 0:
+                yield call
+                call, room = [], batch
+    if call:
+        yield call
 
 
 def perturb_source(S: Array, block: Block, xp: Any, ops: Bound) -> tuple[Array, Array | None]:

@@ -86,19 +86,27 @@ class Sampler:
         return allocate(n, strata.weights, scores, strata.counts())
 
     def run_draws(self, draws: DrawSet, first_index: int = 0, bar: Any = None) -> None:
-        """Perturb, infer, compose back, accumulate; one micro-batch a step."""
+        """Perturb, infer, compose back, accumulate; one network call (micro-batch) a step."""
         xp, clock = self.pair.xp, self.clock
-        for block in micro_batches(draws, self.batch, self.passes):
-            block.index = block.index + first_index
-            b = len(block)
+        for blocks in micro_batches(draws, self.batch, self.passes):
+            for block in blocks:
+                block.index = block.index + first_index
             with clock.stage("perturb"):
-                src_b, fields = perturb_source(self.pair.S, block, xp, self.ops)
-            u = self.runner.infer(src_b, self._target(b), clock, describe_samples(block))
-            with clock.stage("compose"):
-                # finite u and finite draws (checked at parse time) give a finite g
-                g = compose_back(u, block, fields, xp, self.ops)
-            with clock.stage("accumulate"):
-                self.stats.update(g, block.family, fields)
+                perturbed = [perturb_source(self.pair.S, block, xp, self.ops) for block in blocks]
+                src_b = (perturbed[0][0] if len(blocks) == 1
+                         else xp.concatenate([src for src, _ in perturbed]))
+            b = int(src_b.shape[0])
+            u = self.runner.infer(src_b, self._target(b), clock,
+                                  "; ".join(map(describe_samples, blocks)))
+            start = 0
+            for block, (_, fields) in zip(blocks, perturbed):
+                u_block = u[start:start + len(block)]
+                start += len(block)
+                with clock.stage("compose"):
+                    # finite u and finite draws (checked at parse time) give a finite g
+                    g = compose_back(u_block, block, fields, xp, self.ops)
+                with clock.stage("accumulate"):
+                    self.stats.update(g, block.family, fields)
             if bar is not None:
                 bar.update(b)
 
