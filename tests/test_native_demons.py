@@ -73,7 +73,8 @@ def test_demons_step_rejects_bad_arguments(rng, change, message) -> None:
 
 @pytest.mark.parametrize("shape, taps", [((1, 1, 20, 17, 33), 13), ((2, 3, 5, 7, 9), 9),
                                          ((1, 1, 1, 1, 1), 3), ((1, 2, 40, 3, 70), 1),
-                                         ((1, 1, 9, 30, 70), (5, 1, 63)), ((1, 3, 8, 8, 8), (3, 201, 7))])
+                                         ((1, 1, 9, 30, 70), (5, 1, 63)), ((1, 3, 8, 8, 8), (3, 201, 7)),
+                                         ((1, 2, 9, 40, 30), 51)])  # wider than D and W
 def test_gaussian_smooth_matches_reference(rng, shape, taps) -> None:
     volume = rng.standard_normal(shape).astype(np.float32)
     kernel = rng.random(taps) if isinstance(taps, int) else tuple(rng.random(n) for n in taps)
@@ -197,3 +198,33 @@ def test_openvino_runs_the_region_natively_and_can_be_told_not_to() -> None:
     assert np.abs(want).max() > 0.5  # the network moves these images
     for native in (True, False):
         assert float(np.abs(outs[native] - want).max() / np.abs(want).max()) <= 1e-5
+
+
+@pytest.mark.skipif(unavailable("openvino") is not None,
+                    reason=f"openvino: {unavailable('openvino')}")
+def test_staged_plan_is_kept_between_backends_and_rebuilt_when_damaged(tmp_path, rng) -> None:
+    """The default model's staged plan (stages, native specs, shapes) is saved by the first
+    backend and read by the next, which gives the same outputs bit for bit; a damaged plan is
+    ignored and made again."""
+    resolved = model_loading.resolve("default")
+    feeds = {n: rng.random((1, 1, 80, 96, 80), dtype=np.float32) for n in ("source", "target")}
+
+    def make():
+        b = create_backend(resolved.source, resolved.card, name="openvino", threads=2,
+                           options={"cache_dir": str(tmp_path), "precision": "f32"})
+        with b:
+            return b.run(feeds), b.describe()
+
+    first, info1 = make()
+    plans = list(tmp_path.glob("plan-*"))
+    assert info1["plan"] == "saved" and len(plans) == 1
+    second, info2 = make()
+    assert info2["plan"] == "cached"
+    np.testing.assert_array_equal(first, second)
+    assert {k: v for k, v in info2.items() if k != "plan"} == \
+        {k: v for k, v in info1.items() if k != "plan"}
+    (plans[0] / "plan.json").write_text("{not json")
+    third, info3 = make()
+    assert info3["plan"] == "saved"  # cut again, and the damaged plan replaced
+    np.testing.assert_array_equal(first, third)
+    assert make()[1]["plan"] == "cached" and len(list(tmp_path.glob("plan-*"))) == 1

@@ -37,6 +37,9 @@ class DemonsSpec:
     kernel: tuple[float, ...]
 
 
+SPEC = DemonsSpec  # what a saved plan rebuilds (backends.staged_plan)
+
+
 def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x.astype(np.float64))
 

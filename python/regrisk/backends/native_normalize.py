@@ -32,6 +32,9 @@ class NormalizeSpec:
     scale: float
 
 
+SPEC = NormalizeSpec  # what a saved plan rebuilds (backends.staged_plan)
+
+
 def _scalar_operand(constants: Constants, node: Any) -> float | None:
     values = [constants.get(i) for i in node.input]
     scalars = [v for v in values if v is not None and v.size == 1]

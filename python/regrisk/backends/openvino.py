@@ -44,11 +44,12 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
-from . import Array, Backend, ModelSource, native_demons, native_normalize, native_resize
+from . import (Array, Backend, ModelSource, native_demons, native_normalize, native_resize,
+               staged_plan)
 from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
-from .staged import StagedGraph, split
+from .staged import Native, StagedGraph, split
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 # Graphs whose map was measured to survive bf16 (benchmarks/precision.py at K = 50, Spearman of
@@ -135,9 +136,14 @@ class OpenVinoBackend(Backend):
         self._models: dict[int, Any] = {}
         self.native = bool(options.get("native", True))
         self.fused: list[str] = []
+        self._specs: dict[str, Any] = {}
+        self.staged: StagedGraph | None = None
+        self.plan = "none"
+        plan_key = self._plan_key(model)
+        if plan_key and self._load_plan(plan_key):
+            return
         graph = _onnx_model(model)
         cuts = five_d_gridsamples(graph)
-        self.staged: StagedGraph | None = None
         self.gridsample = None if not cuts else self.gridsample_mode
         if cuts and self.gridsample_mode == "rewrite":
             rewrite_gridsample(graph)
@@ -146,6 +152,36 @@ class OpenVinoBackend(Backend):
         else:
             self.network = self._read(graph.SerializeToString())
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
+        if plan_key and self.staged is not None:
+            self._save_plan(plan_key)
+
+    # -- a staged graph's plan, kept between processes (backends.staged_plan) -------------------
+    def _plan_key(self, model: ModelSource) -> str | None:
+        if not self.cache_dir or self.gridsample_mode != "staged" or self.fixed_batch is not None:
+            return None
+        return staged_plan.plan_key(_sha256(model), self.grid, {"native": self.native})
+
+    def _load_plan(self, key: str) -> bool:
+        plan = staged_plan.load(self.cache_dir, key, self.threads)
+        if plan is None:
+            return False
+        parts, shapes, self.fused = plan
+        self.staged = StagedGraph(parts, self._compile_stage, self.threads)
+        self.staged.precompile(shapes)  # a graph OpenVINO cannot take fails here
+        self.gridsample, self.plan = "staged", "cached"
+        self._models[1] = self.staged
+        return True
+
+    def _save_plan(self, key: str) -> None:
+        parts = self.staged.parts  # type: ignore[union-attr]
+        natives = {i: (p.op, self._specs[p.op]) for i, p in enumerate(parts)
+                   if isinstance(p, Native)}
+        try:
+            staged_plan.save(self.cache_dir, key, parts, natives, self.staged.stage_shapes(),  # type: ignore[union-attr]
+                             self.fused)
+            self.plan = "saved"
+        except OSError:  # a full or read-only cache: the next process cuts the graph again
+            pass
 
     def _staged(self, graph: Any, samplers: set[str]) -> StagedGraph:
         """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
@@ -159,6 +195,7 @@ class OpenVinoBackend(Backend):
             if fused is not None:
                 graph, spec = fused
                 natives[module.OP] = module.runner(spec, self.threads)
+                self._specs[module.OP] = spec
                 self.fused.append(module.OP)
         # the 5-D GridSamples by what they make (the surgery keeps them; no second inference)
         cuts = [i for i, n in enumerate(graph.graph.node)
@@ -283,6 +320,7 @@ class OpenVinoBackend(Backend):
             if self.staged is not None:
                 info.update(self.staged.counts)
                 info["native_parts"] = list(self.fused)
+                info["plan"] = self.plan
         return info
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ class Native:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     run: Callable[..., list[Array]]
+    op: str = ""  # the node's op type
 
 
 @dataclass
@@ -88,7 +89,8 @@ def split(model: Any, cuts: Sequence[int],
             parts.append(_stage(context, piece, cut))
         if cut < len(nodes) and nodes[cut].op_type in natives:
             node = nodes[cut]
-            parts.append(Native(tuple(node.input), tuple(node.output), natives[node.op_type]))
+            parts.append(Native(tuple(node.input), tuple(node.output), natives[node.op_type],
+                                node.op_type))
         elif cut < len(nodes):
             gs = nodes[cut]
             mode, padding, align = gridsample_attributes(gs)
@@ -205,6 +207,20 @@ class StagedGraph:
         return {"stages": sum(isinstance(p, Stage) for p in self.parts),
                 "samples": sum(isinstance(p, Sample) for p in self.parts),
                 "native": sum(isinstance(p, Native) for p in self.parts)}
+
+    def stage_shapes(self) -> dict[int, dict[str, tuple[int, ...]]]:
+        """Each compiled stage's input shapes (one set per stage: the first compiled)."""
+        shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+        for i, key in self._compiled:
+            shapes.setdefault(i, {n: tuple(s) for n, s in key})
+        return shapes
+
+    def precompile(self, shapes: Mapping[int, Mapping[str, tuple[int, ...]]]) -> None:
+        """Compiles the stages for known input shapes (a saved plan's) without running them."""
+        for i, stage_shapes in shapes.items():
+            part = self.parts[i]
+            key = (i, tuple((n, tuple(stage_shapes[n])) for n in part.inputs))
+            self._compiled[key] = self.compile_stage(part.with_shapes(stage_shapes))
 
     def run(self, feeds: Mapping[str, Array], outputs: Sequence[str],
             threads: int | None = None) -> dict[str, Array]:
