@@ -233,7 +233,7 @@ def test_cli_backend_refusals(tmp_path, capsys, extra, message) -> None:
     assert not out.exists()
 
 
-def test_info_reports_the_cpu_choice(capsys) -> None:
+def test_info_reports_the_cpu_choice(capsys, tmp_path) -> None:
     import json
 
     from regrisk.cli import main
@@ -244,3 +244,9 @@ def test_info_reports_the_cpu_choice(capsys) -> None:
     assert choice["convolution graphs"][0] == installed[0]
     assert choice["default model"] == installed[0]  # staged in OpenVINO when it is installed
     assert choice["graphs with 5-D GridSample"][0].startswith(installed[0])
+    if "openvino" in installed:  # what a backend made with the default thread count runs
+        path = com_model(tmp_path / "com.onnx", GRID)
+        resolved = model_loading.resolve(str(path))
+        with create_backend(resolved.source, resolved.card, name="openvino") as backend:
+            lanes = backend.describe()["lanes"]
+        assert choice["openvino lanes"].startswith(f"{lanes} (")

@@ -29,7 +29,19 @@ def cpu_report(default_model: Any = None) -> dict[str, Any]:
         report["default model"] = usable[0] if usable else None
     if "openvino" in usable:
         report["openvino precision"] = _openvino_precision()
+        report["openvino lanes"] = _openvino_lanes()
     return report
+
+
+def _openvino_lanes() -> str:
+    """How many images of a batch OpenVINO runs at once with the default thread count."""
+    from .onnxruntime import cpu_cores
+    from .openvino import auto_lanes
+
+    threads = cpu_cores()
+    lanes = auto_lanes(threads)
+    return (f"{lanes} (the images of a batch {lanes} at a time, each on {threads // lanes} of "
+            f"{threads} threads; a fixed-batch graph 1)")
 
 
 def _openvino_precision() -> str:

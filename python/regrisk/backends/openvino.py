@@ -217,7 +217,7 @@ class OpenVinoBackend(Backend):
         if self.fixed_batch is not None or self.target != "CPU":
             return 1
         if option == "auto":
-            return 2 if self.threads >= 2 and self.threads % 2 == 0 else 1
+            return auto_lanes(self.threads)
         if isinstance(option, bool) or not isinstance(option, int) or not 1 <= option <= self.threads:
             raise ModelError(f"openvino: lanes {option!r}; use 'auto' or 1-{self.threads} "
                              f"(at most the thread count)")
@@ -329,6 +329,11 @@ class OpenVinoBackend(Backend):
             self._pool = None
         self._models.clear()
         self.staged = None
+
+
+def auto_lanes(threads: int) -> int:
+    """Lanes for "auto": two at an even thread count, else one."""
+    return 2 if threads >= 2 and threads % 2 == 0 else 1
 
 
 def compile_cache(option: Any) -> str:
