@@ -15,16 +15,18 @@ force OpenVINO's inference precision hint), ``gridsample`` ("staged" default, or
 ``backends.native_normalize``, ``native_demons``, ``native_resize``), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
 ``$XDG_CACHE_HOME/regrisk/openvino``, else ``~/.cache/regrisk/openvino``; ``""`` turns it off).
-The cache only shortens compilation (the staged default model: 11 s -> 4.5 s at the second
-run); a folder that cannot be made leaves it off.
+The cache shortens compilation (the staged default model: 11 s -> 4.5 s at the second run)
+and keeps each staged graph's plan (``backends.staged_plan``: no graph surgery at the next
+start); a folder that cannot be made leaves both off.
 
 ``lanes`` ("auto" default: 2 on a CPU with an even thread count, else 1; or a count up to the
 thread count): how many images of a batch run at once, each on threads / lanes cores, through
 OpenVINO's throughput mode (one stream per lane) and, in a staged graph, native parts with that
-many threads. On the 2-core development machine two lanes of one core did 1.5-1.7x the images
-per second of one lane of two (the default model and the benchmark U-Net: small kernels and
-per-call overhead scale poorly across cores, and one image's native parts leave the other
-core idle), with the same outputs bit for bit (benchmarks/RESULTS.md).
+many threads, with the same outputs bit for bit. On the 2-core development machine two lanes
+of one core ran batches of the default model and the benchmark U-Net 1.2-1.7x faster than one
+lane of two while the host took cores away (a lane's single thread never waits on a
+descheduled sibling), about as fast on a quiet host; a single image is slower (one lane's
+cores): ``lanes=1`` for single-pass latency (benchmarks/RESULTS.md).
 
 A graph with a free batch runs one image at a time: each batch size would be a compilation of
 every stage (63 for the default model, ~6 s), and the engine's micro-batches (4, then the
