@@ -29,10 +29,11 @@ NATIVE_MODULES = {m.OP: m for m in (native_normalize, native_demons, native_resi
 
 def _code_hash() -> str:
     """The source of every module whose output a plan holds."""
-    from . import gridsample, openvino, staged
+    from . import gridsample, native_regions, openvino, staged
 
     digest = hashlib.sha256()
-    for module in (staged, gridsample, openvino, native_normalize, native_demons, native_resize):
+    for module in (staged, gridsample, openvino, native_regions, native_normalize, native_demons,
+                   native_resize):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
