@@ -70,15 +70,17 @@ def test_openvino_compiles_once_per_batch(tmp_path, rng) -> None:
 @needs_openvino
 @pytest.mark.parametrize("model", ["com", "warp"])
 def test_openvino_lanes_run_images_concurrently(tmp_path, rng, model) -> None:
-    """Two lanes (the default at 2 threads): one compilation at batch 1 with a stream per
-    lane, each image of a batch on one lane; the same outputs as one lane, bit for bit, for a
-    whole graph and a staged one, at every batch size."""
+    """Two lanes: one compilation at batch 1 with a stream per lane, each image of a batch on
+    one lane; the same outputs as one lane, bit for bit, for a whole graph and a staged one, at
+    every batch size. "auto" at 2 threads: two lanes for the staged graph, one for the whole."""
     path = (com_model(tmp_path / "com.onnx", GRID) if model == "com"
             else warp_model(tmp_path / "warp.onnx", GRID, padding="border", align_corners=True))
     resolved = model_loading.resolve(str(path))
     make = lambda lanes: create_backend(resolved.source, resolved.card, name="openvino",  # noqa: E731
                                         threads=2, options={"lanes": lanes})
-    with make("auto") as two, make(1) as one:
+    with make("auto") as auto:
+        assert auto.describe()["lanes"] == (2 if model == "warp" else 1)
+    with make(2) as two, make(1) as one:
         for b in (1, 5, 2):
             feeds = _pair(rng, b)
             np.testing.assert_array_equal(two.run(feeds), one.run(feeds))
@@ -244,9 +246,12 @@ def test_info_reports_the_cpu_choice(capsys, tmp_path) -> None:
     assert choice["convolution graphs"][0] == installed[0]
     assert choice["default model"] == installed[0]  # staged in OpenVINO when it is installed
     assert choice["graphs with 5-D GridSample"][0].startswith(installed[0])
-    if "openvino" in installed:  # what a backend made with the default thread count runs
-        path = com_model(tmp_path / "com.onnx", GRID)
-        resolved = model_loading.resolve(str(path))
-        with create_backend(resolved.source, resolved.card, name="openvino") as backend:
-            lanes = backend.describe()["lanes"]
-        assert choice["openvino lanes"].startswith(f"{lanes} (")
+    if "openvino" in installed:  # what backends made with the default thread count run
+        lanes = {}
+        for kind, path in (("staged", warp_model(tmp_path / "warp.onnx", GRID)),
+                           ("whole", com_model(tmp_path / "com.onnx", GRID))):
+            resolved = model_loading.resolve(str(path))
+            with create_backend(resolved.source, resolved.card, name="openvino") as backend:
+                lanes[kind] = backend.describe()["lanes"]
+        assert choice["openvino lanes"].startswith(f"staged graphs {lanes['staged']} (")
+        assert choice["openvino lanes"].endswith(f"whole and fixed-batch graphs {lanes['whole']}")

@@ -39,9 +39,9 @@ def _openvino_lanes() -> str:
     from .openvino import auto_lanes
 
     threads = cpu_cores()
-    lanes = auto_lanes(threads)
-    return (f"{lanes} (the images of a batch {lanes} at a time, each on {threads // lanes} of "
-            f"{threads} threads; a fixed-batch graph 1)")
+    staged = auto_lanes(threads, staged=True)
+    return (f"staged graphs {staged} (the images of a batch {staged} at a time, each on "
+            f"{threads // staged} of {threads} threads), whole and fixed-batch graphs 1")
 
 
 def _openvino_precision() -> str:

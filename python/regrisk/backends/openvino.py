@@ -19,14 +19,14 @@ The cache shortens compilation (the staged default model: 11 s -> 4.5 s at the s
 and keeps each staged graph's plan (``backends.staged_plan``: no graph surgery at the next
 start); a folder that cannot be made leaves both off.
 
-``lanes`` ("auto" default: 2 on a CPU with an even thread count, else 1; or a count up to the
-thread count): how many images of a batch run at once, each on threads / lanes cores, through
-OpenVINO's throughput mode (one stream per lane) and, in a staged graph, native parts with that
-many threads, with the same outputs bit for bit. On the 2-core development machine two lanes
-of one core ran batches of the default model and the benchmark U-Net 1.2-1.7x faster than one
-lane of two while the host took cores away (a lane's single thread never waits on a
-descheduled sibling), about as fast on a quiet host; a single image is slower (one lane's
-cores): ``lanes=1`` for single-pass latency (benchmarks/RESULTS.md).
+``lanes`` ("auto" default: 2 for a staged graph on a CPU with an even thread count, else 1;
+or a count up to the thread count): how many images of a batch run at once, each on
+threads / lanes cores, through OpenVINO's throughput mode (one stream per lane) and, in a staged
+graph, native parts with that many threads, with the same outputs bit for bit. On the 2-core
+development machine with steal under 1%, two lanes ran the staged default model 1.16-1.27x
+faster end to end (its native parts and small stages scale poorly across cores) and the whole
+benchmark U-Net 4-7% slower, hence the rule; under contention both gained. A single image runs
+on one lane's cores: ``lanes=1`` for single-pass latency (benchmarks/RESULTS.md).
 
 A graph with a free batch runs one image at a time: each batch size would be a compilation of
 every stage (63 for the default model, ~6 s), and the engine's micro-batches (4, then the
@@ -133,7 +133,7 @@ class OpenVinoBackend(Backend):
         self.channels = {n: card.inputs.channels for n in self.input_names}
         self.output_name = card.output.name
         self.fixed_batch = card.batch_size if card.batch == "fixed" else None
-        self.lanes = self._lanes(options.get("lanes", "auto"))
+        self.lanes: int | None = self._lanes(options.get("lanes", "auto"))
         self._pool: ThreadPoolExecutor | None = None
         self._models: dict[int, Any] = {}
         self.native = bool(options.get("native", True))
@@ -146,6 +146,7 @@ class OpenVinoBackend(Backend):
             return
         graph = _onnx_model(model)
         cuts = five_d_gridsamples(graph)
+        self._settle_lanes(bool(cuts) and self.gridsample_mode == "staged")
         self.gridsample = None if not cuts else self.gridsample_mode
         if cuts and self.gridsample_mode == "rewrite":
             rewrite_gridsample(graph)
@@ -168,6 +169,7 @@ class OpenVinoBackend(Backend):
         if plan is None:
             return False
         parts, shapes, self.fused = plan
+        self._settle_lanes(staged=True)
         self.staged = StagedGraph(parts, self._compile_stage, self.threads)
         self.staged.precompile(shapes)  # a graph OpenVINO cannot take fails here
         self.gridsample, self.plan = "staged", "cached"
@@ -213,24 +215,30 @@ class OpenVinoBackend(Backend):
             return "f32"
         return "bf16" if _sha256(model) in BF16_MEASURED else "f32"
 
-    def _lanes(self, option: Any) -> int:
-        """Images run concurrently, each on threads / lanes cores. "auto": two on a CPU with an
-        even thread count, else one; a fixed-batch graph and other devices always one."""
+    def _lanes(self, option: Any) -> int | None:
+        """Images run concurrently, each on threads / lanes cores; None for "auto", which
+        :func:`auto_lanes` settles once the graph is known to be staged or whole. A fixed-batch
+        graph and other devices: one."""
         if self.fixed_batch is not None or self.target != "CPU":
             return 1
         if option == "auto":
-            return auto_lanes(self.threads)
+            return None
         if isinstance(option, bool) or not isinstance(option, int) or not 1 <= option <= self.threads:
             raise ModelError(f"openvino: lanes {option!r}; use 'auto' or 1-{self.threads} "
                              f"(at most the thread count)")
         return option
 
+    def _settle_lanes(self, staged: bool) -> None:
+        if self.lanes is None:
+            self.lanes = auto_lanes(self.threads, staged)
+
     # -- compilation ----------------------------------------------------------------------------
     def _config(self, precision: str | None = None) -> dict[str, Any]:
         # lanes: OpenVINO's throughput mode, one stream (threads / lanes cores) per lane
-        hint = "THROUGHPUT" if self.lanes > 1 else "LATENCY"
+        lanes = self.lanes or 1
+        hint = "THROUGHPUT" if lanes > 1 else "LATENCY"
         return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": hint,
-                "NUM_STREAMS": self.lanes, "INFERENCE_PRECISION_HINT": precision or self.precision}
+                "NUM_STREAMS": lanes, "INFERENCE_PRECISION_HINT": precision or self.precision}
 
     def _read(self, data: bytes) -> Any:
         try:
@@ -333,9 +341,12 @@ class OpenVinoBackend(Backend):
         self.staged = None
 
 
-def auto_lanes(threads: int) -> int:
-    """Lanes for "auto": two at an even thread count, else one."""
-    return 2 if threads >= 2 and threads % 2 == 0 else 1
+def auto_lanes(threads: int, staged: bool) -> int:
+    """Lanes for "auto": two for a staged graph at an even thread count, else one. Measured on
+    2 cores with steal under 1% (benchmarks/RESULTS.md): two lanes ran the staged default model
+    1.16-1.27x faster end to end, the whole benchmark U-Net 4-7% slower (OpenVINO's own two
+    threads already keep both cores busy in its convolutions)."""
+    return 2 if staged and threads >= 2 and threads % 2 == 0 else 1
 
 
 def compile_cache(option: Any) -> str:
