@@ -60,7 +60,6 @@ REGRISK_CPU_CLONES void update_row(const float* __restrict sw, const float* __re
 // chunks in registers (one store per value, not one per tap); the rows (along j) and columns
 // (along k) within R of a face take their taps clamped.
 constexpr int kLanes = 32;
-constexpr int kMaxRadius = 256;  // checks.h: kernels of at most 513 taps
 
 // Eight floats as one value (GCC/Clang vector extension): AVX registers in the AVX2 build, SSE
 // pairs otherwise; the accumulators below then stay in registers across the taps.
@@ -142,8 +141,10 @@ REGRISK_CPU_CLONES void smooth_plane_k(const float* in, float* out, Grid3 g, int
                                        const float* w, int R) {
   const int64_t W = g.w, n = g.h * g.w;
   // each row from a copy with R end values replicated on either side: every value through the
-  // vector loop (the ends were scalar: 2R of W values, half of them for a wide kernel)
-  std::vector<float> row(static_cast<size_t>(W + 2 * R));
+  // vector loop (the ends were scalar: 2R of W values, half of them for a wide kernel); the
+  // copy is kept per thread (a demons step calls this for every plane of every channel)
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(W + 2 * R));
   for (int64_t j = 0; j < g.h; ++j) {
     const float* p = in + i * n + j * W;
     for (int64_t a = 0; a < R; ++a) {

@@ -96,10 +96,11 @@ class _Compiled:
 
     def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         # np.require, not ascontiguousarray: that makes a 0-d array (a scalar feed) 1-d
-        self.request.infer({k: np.require(v, requirements="C") for k, v in feeds.items()},
-                           share_inputs=True)
+        request = self.request  # this thread's
+        request.infer({k: np.require(v, requirements="C") for k, v in feeds.items()},
+                      share_inputs=True)
         # copies: the request reuses its output buffers at the next call
-        return {n: np.array(self.request.get_tensor(n).data) for n in self.outputs}
+        return {n: np.array(request.get_tensor(n).data) for n in self.outputs}
 
 
 class OpenVinoBackend(Backend):

@@ -10,7 +10,6 @@ conventions). Tensors that cross a cut are handed on as NumPy arrays.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -226,10 +225,10 @@ class StagedGraph:
             threads: int | None = None) -> dict[str, Array]:
         """The graph's ``outputs`` for ``feeds``; ``threads``: the CPU team of this call's native
         parts and samples (None: the graph's own)."""
-        from .. import kernels
+        from ..kernels import Bound
 
         threads = self.threads if threads is None else threads
-        warp = functools.partial(kernels.warp, threads=threads)
+        warp = Bound(threads).warp
         values: dict[str, Array] = dict(feeds)
         for i, part in enumerate(self.parts):
             if isinstance(part, Sample):

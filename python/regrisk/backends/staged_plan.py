@@ -12,6 +12,7 @@ one. Plans are JSON and ONNX (no pickle); one that cannot be read is ignored and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -27,8 +28,9 @@ FORMAT = 1
 NATIVE_MODULES = {m.OP: m for m in (native_normalize, native_demons, native_resize)}
 
 
+@functools.cache
 def _code_hash() -> str:
-    """The source of every module whose output a plan holds."""
+    """The source of every module whose output a plan holds (read once per process)."""
     from . import gridsample, native_regions, openvino, staged
 
     digest = hashlib.sha256()
