@@ -115,3 +115,26 @@ def test_warp_labels_world_follows_a_millimetre_shift():
     off = aff.copy()
     off[0, 3] -= 2.0
     np.testing.assert_array_equal(warp_labels_world(lab, off, aff, zero)[:-1], lab[1:])
+
+
+def test_warp_labels_world_matches_scipy_nearest_inside_the_volume():
+    """The rounded lookup against scipy.ndimage.map_coordinates (order 0) for a random affine
+    and field, on target voxels whose source position is inside and not on a half voxel."""
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(4)
+    lab = rng.integers(0, 4, (9, 8, 10)).astype(np.int16)
+    src_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    tgt_aff = np.array([[1.9, 0.1, 0, 1.0], [0, 2.1, 0.2, -1.0], [0.1, 0, 2.0, 0.5], [0, 0, 0, 1]])
+    disp = rng.normal(0.0, 1.5, (3, 9, 8, 10))
+    moved = warp_labels_world(lab, src_aff, tgt_aff, disp)
+    idx = np.indices(lab.shape, dtype=np.float64).reshape(3, -1)
+    world = tgt_aff[:3, :3] @ idx + tgt_aff[:3, 3:4] + disp.reshape(3, -1)
+    inv = np.linalg.inv(src_aff)
+    pos = inv[:3, :3] @ world + inv[:3, 3:4]
+    ok = np.all((pos > 0.01) & (pos < np.array(lab.shape)[:, None] - 1.01), axis=0)
+    ok &= np.all(np.abs(pos - np.floor(pos) - 0.5) > 1e-6, axis=0)
+    expected = map_coordinates(lab, pos, order=0, mode="constant", cval=0)
+    assert ok.sum() > 200
+    np.testing.assert_array_equal(moved.ravel()[ok], expected[ok])
+    assert (moved.ravel()[np.any(pos < -0.5, axis=0)] == 0).all()

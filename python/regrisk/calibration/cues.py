@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 VOXEL_CUES = ("sigma", "sigma_x", "sigma_y", "sigma_z", "sigma_smooth", "ic", "ic_smooth",
               "ncc_residual", "ncc_residual_wide", "intensity_residual", "log_jacobian",
@@ -54,6 +53,8 @@ def foreground(image: np.ndarray) -> np.ndarray:
 
 def local_ncc(a: np.ndarray, b: np.ndarray, window: float) -> np.ndarray:
     """Local normalised cross-correlation with a Gaussian window of ``window`` voxels."""
+    from scipy import ndimage  # here, not at import: the CLI's parser imports this module
+
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     g = lambda v: ndimage.gaussian_filter(v, window, mode="nearest")  # noqa: E731
@@ -70,6 +71,8 @@ def inverse_consistency(forward_mm: np.ndarray, target_affine: np.ndarray,
                         backward_mm: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
     """|u_f(x) + u_b(x + u_f(x))| in mm: ``forward_mm`` (3, ...) RAS mm on the target grid,
     ``backward_mm`` the reversed pass's field on the source grid (grids may differ)."""
+    from scipy import ndimage
+
     shape = forward_mm.shape[1:]
     idx = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = target_affine[:3, :3] @ idx + target_affine[:3, 3:4] + forward_mm.reshape(3, -1)
@@ -85,6 +88,8 @@ def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
             source_affine: np.ndarray) -> Cues:
     """Every cue of an estimate ``result`` (an EstimateResult) for the target volume
     ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement)."""
+    from scipy import ndimage
+
     s = SETTINGS["smooth_vox"]
     sigma = np.asarray(result.uncertainty, np.float32)
     axes = np.asarray(result.uncertainty_axes, np.float32)

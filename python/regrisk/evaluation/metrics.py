@@ -47,10 +47,10 @@ def pearson(error: np.ndarray, uncertainty: np.ndarray) -> float:
 
 def spearman(error: np.ndarray, uncertainty: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import rankdata
+    from ..ranking import average_ranks
 
     e, u = _pair(error, uncertainty)
-    return pearson(rankdata(e), rankdata(u))
+    return pearson(average_ranks(e), average_ranks(u))
 
 
 def _retained_sums(error: np.ndarray, score: np.ndarray) -> np.ndarray:
