@@ -88,6 +88,19 @@ def test_warp_displacement_matches_reference(xp, rng, shape, mode, scale):
     check_kernel(run(xp, K.warp, vols, disp, mode=mode), R.warp(vols, disp, mode=mode))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_warp_rows_of_odd_width_mixing_inside_and_outside_points(xp, rng, channels):
+    """Rows of 37 and 53 points: the CPU samples interior points 16 at a time (AVX-512 gathers
+    where the CPU has them), so every row ends in a partial group, and a field of about two
+    voxels puts interior and border points in the same group."""
+    for shape in [(6, 5, 37), (3, 4, 53)]:
+        vol = volume(rng, shape, channels=channels)
+        disp = field(rng, shape, 2.0)
+        for mode in MODES:
+            check_kernel(run(xp, K.warp, vol, disp, mode=mode, fill=0.25),
+                         R.warp(vol, disp, mode=mode, fill=0.25))
+
+
 @pytest.mark.parametrize("vol_lead,disp_batch,expect", [
     ((), None, lambda s: s),                  # (D,H,W) + (3,...) -> (D,H,W)
     ((2,), None, lambda s: (2,) + s),         # (C,...) + (3,...) -> (C,...)

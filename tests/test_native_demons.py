@@ -34,6 +34,34 @@ def test_demons_step_matches_reference(rng, batch, grid, taps) -> None:
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("batch, grid, steps", [(1, (10, 12, 10), 4), (2, (7, 9, 11), 2),
+                                                 (1, (40, 48, 40), 3), (1, (3, 4, 5), 0)])
+def test_demons_steps_match_reference_and_the_steps_one_by_one(rng, batch, grid, steps) -> None:
+    """A level in one call: close to the NumPy reference, and bit for bit the warp and step
+    kernels called in turn (what native_demons ran before the steps were fused)."""
+    s, t, gt, u = _inputs(rng, batch, grid)
+    u *= 0.8  # displacements of about a voxel: points inside and outside the volume
+    got = kernels.demons_steps(s, t, gt, u, GAUSS, steps=steps, tau=1.1, alpha=0.8, eps=1e-4)
+    want = reference.demons_steps(s, t, gt, u, GAUSS, steps, 1.1, 0.8, 1e-4)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(np.abs(want).max(), 1.0))
+    one_by_one = u
+    for _ in range(steps):
+        sw = kernels.warp(s, one_by_one, mode="border")
+        one_by_one = kernels.demons_step(sw, t, gt, one_by_one, GAUSS, tau=1.1, alpha=0.8,
+                                         eps=1e-4)
+    assert np.array_equal(got, one_by_one)
+    assert got is not u and (steps > 0 or np.array_equal(got, u))
+
+
+def test_demons_steps_rejects_bad_arguments(rng) -> None:
+    s, t, gt, u = _inputs(rng, 1, (6, 7, 8))
+    with pytest.raises(ValueError, match="steps: must be >= 0"):
+        kernels.demons_steps(s, t, gt, u, GAUSS, steps=-1, tau=1.0, alpha=1.0, eps=1e-4)
+    with pytest.raises(ValueError, match="u: axis 2"):
+        kernels.demons_steps(s, t, gt, u[:, :, :-1].copy(), GAUSS, steps=1, tau=1.0, alpha=1.0,
+                             eps=1e-4)
+
+
 def test_demons_step_reference_by_hand() -> None:
     """One voxel's update from the formula, no smoothing (kernel [1]): d = 1, g = (gt + 0) / 2
     on a constant warped source, so v = u - tau d g / (|g|^2 + alpha d^2 + eps)."""

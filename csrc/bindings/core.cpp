@@ -75,6 +75,26 @@ void bind_demons(py::module_& m) {
       py::arg("sw"), py::arg("t"), py::arg("gt"), py::arg("u"), py::arg("kernel"),
       py::arg("out"), py::arg("tau"), py::arg("alpha"), py::arg("eps"), py::arg("threads") = 0);
   m.def(
+      "demons_steps",
+      [](py::handle s_obj, py::handle t_obj, py::handle gt_obj, py::handle u_obj,
+         py::handle kernel_obj, py::handle out_obj, int steps, float tau, float alpha, float eps,
+         int threads) {
+        using regrisk::bindings::host_array;
+        const regrisk::Array s = host_array(s_obj, "s"), t = host_array(t_obj, "t"),
+                             gt = host_array(gt_obj, "gt"), u = host_array(u_obj, "u"),
+                             kernel = host_array(kernel_obj, "kernel"),
+                             out = host_array(out_obj, "out");
+        regrisk::check_demons_steps(s, t, gt, u, kernel, out, steps, tau, alpha, eps);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::demons_steps(s, t, gt, u, kernel, out, steps, tau, alpha, eps, team);
+      },
+      "`steps` demons steps on one level: warp s by u (border), demons_step, repeated "
+      "(csrc/demons/demons.h). threads: OpenMP team size (0: the default).",
+      py::arg("s"), py::arg("t"), py::arg("gt"), py::arg("u"), py::arg("kernel"),
+      py::arg("out"), py::arg("steps"), py::arg("tau"), py::arg("alpha"), py::arg("eps"),
+      py::arg("threads") = 0);
+  m.def(
       "gaussian_smooth",
       [](py::handle volume_obj, py::handle ki_obj, py::handle kj_obj, py::handle kk_obj,
          py::handle out_obj, int threads) {

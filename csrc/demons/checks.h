@@ -48,4 +48,11 @@ inline void check_demons_step(const Array& sw, const Array& t, const Array& gt, 
   for (const Array* a : {&sw, &t, &gt, &u, &kernel}) expect_disjoint(out, *a);
 }
 
+inline void check_demons_steps(const Array& s, const Array& t, const Array& gt, const Array& u,
+                               const Array& kernel, const Array& out, int steps, float tau,
+                               float alpha, float eps) {
+  expect(steps >= 0, "steps: must be >= 0");
+  check_demons_step(s, t, gt, u, kernel, out, tau, alpha, eps);  // s has sw's shape
+}
+
 }  // namespace regrisk

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "warp/warp.h"
 
 namespace regrisk {
 namespace {
@@ -221,6 +222,49 @@ void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& 
   });
   const Taps k[3] = {taps_of(kernel), taps_of(kernel), taps_of(kernel)};
   smooth_channels(V, out.out(), B * 3, g, k, threads.n, TMP, V);
+}
+
+namespace {
+
+// An Array over memory of this file's own (the scratch of demons_steps), shaped like `like`
+// with `channels` channels.
+Array own_array(const char* name, float* data, const Array& like, int64_t channels) {
+  Array a;
+  a.name = name;
+  a.ndim = 5;
+  for (int axis = 0; axis < 5; ++axis) a.shape[axis] = like.dim(axis);
+  a.shape[1] = channels;
+  a.data = reinterpret_cast<std::uintptr_t>(data);
+  a.nbytes = static_cast<int64_t>(sizeof(float)) * like.dim(0) * channels * like.grid(2).size();
+  a.float32 = a.c_contiguous = a.aligned = a.writable = true;
+  return a;
+}
+
+}  // namespace
+
+void demons_steps(const Array& s, const Array& t, const Array& gt, const Array& u,
+                  const Array& kernel, const Array& out, int steps, float tau, float alpha,
+                  float eps, Threads threads) {
+  const int64_t B = s.dim(0), n = s.grid(2).size();
+  if (steps == 0) {
+    std::copy(u.in(), u.in() + B * 3 * n, out.out());
+    return;
+  }
+  // the warped source and two fields in turn, kept per calling thread (see scratch())
+  thread_local std::vector<float> warped, field_a, field_b;
+  warped.resize(static_cast<size_t>(B * n));
+  field_a.resize(static_cast<size_t>(B * 3 * n));
+  field_b.resize(static_cast<size_t>(B * 3 * n));
+  const Array sw = own_array("sw", warped.data(), s, 1);
+  Array current = u;
+  for (int step = 0; step < steps; ++step) {
+    warp_displacement(s, current, sw, 0.0f, Boundary::Border, threads);
+    const Array next = step == steps - 1
+                           ? out
+                           : own_array("u", (step % 2 ? field_b : field_a).data(), u, 3);
+    demons_step(sw, t, gt, current, kernel, next, tau, alpha, eps, threads);
+    current = next;
+  }
 }
 
 void gaussian_smooth(const Array& volume, const Array& ki, const Array& kj, const Array& kk,

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "common/array.h"
+#include "common/boundary.h"
 #include "common/execution.h"
 
 namespace regrisk {
@@ -18,6 +19,15 @@ namespace regrisk {
 void demons_step(const Array& sw, const Array& t, const Array& gt, const Array& u,
                  const Array& kernel, const Array& out, float tau, float alpha, float eps,
                  Threads threads);
+
+// `steps` demons steps on one level: sw = s warped by u (trilinear, border), u <- demons_step,
+// repeated; out = the last u (u itself when steps is 0). The same arithmetic as warp_displacement
+// and demons_step called in turn (bit for bit), in one call: a level of the default network is
+// 20 steps, and two Python calls with fresh output arrays per step cost as much as the
+// arithmetic on the coarse levels. s (B, 1, D, H, W) on u's grid; t, gt as for demons_step.
+void demons_steps(const Array& s, const Array& t, const Array& gt, const Array& u,
+                  const Array& kernel, const Array& out, int steps, float tau, float alpha,
+                  float eps, Threads threads);
 
 // out = volume filtered along i, j and k by the odd-length kernels ki, kj, kk, for
 // (B, C, D, H, W) arrays, replicated borders: the same separable smoothing on its own (the

@@ -334,6 +334,19 @@ def demons_step(sw: Any, t: Any, gt: Any, u: Any, kernel: Any, *, tau: float, al
     return out
 
 
+def demons_steps(s: Any, t: Any, gt: Any, u: Any, kernel: Any, *, steps: int, tau: float,
+                 alpha: float, eps: float, threads: int | None = None) -> Any:
+    """``steps`` demons steps on one level in one call: u <- demons_step(warp(s, u, border),
+    t, gt, u, ...) repeated; returns the last u (a copy of u for 0 steps). Bit for bit the same
+    as calling :func:`warp` and :func:`demons_step` in turn. s: (B,1,D,H,W) on u's grid; the
+    other arguments as for :func:`demons_step`. NumPy only."""
+    _host_only("demons_steps", s=s, t=t, gt=gt, u=u)
+    out = np.empty_like(u)
+    _core.demons_steps(s, t, gt, u, _kernel1d(kernel), out, int(steps), float(tau), float(alpha),
+                       float(eps), _threads(threads))
+    return out
+
+
 def gaussian_smooth(volume: Any, kernel: Any, threads: int | None = None) -> Any:
     """A (B,C,D,H,W) float32 volume filtered along i, j and k by odd-length 1-D kernels
     (``kernel``: one for all three axes, or a sequence of three), borders replicated: a

@@ -266,6 +266,17 @@ def demons_step(sw: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, ke
     return gaussian_smooth(v, w)
 
 
+def demons_steps(s: np.ndarray, t: np.ndarray, gt: np.ndarray, u: np.ndarray, kernel: Any,
+                 steps: int, tau: float, alpha: float, eps: float) -> np.ndarray:
+    """Reference of kernels.demons_steps: ``steps`` times u <- demons_step(warp(s, u, border),
+    t, gt, u)."""
+    u = np.asarray(u, dtype=np.float32)
+    for _ in range(steps):
+        sw = warp(s, u, mode="border")
+        u = demons_step(sw, t, gt, u, kernel, tau, alpha, eps)
+    return u
+
+
 def gaussian_smooth(volume: np.ndarray, kernel: Any) -> np.ndarray:
     """Reference of kernels.gaussian_smooth: ``kernel`` (or one per axis) along axes 2, 3, 4,
     edges replicated."""

@@ -6,8 +6,10 @@ ONNX each iteration is ~230 small nodes around a 5-D GridSample, so a staged run
 calls on tiny tensors, where per-node overhead, not arithmetic, is the cost (about 240 ms of a
 530 ms pass in OpenVINO). :func:`fuse` finds that region by its module's node names, checks its
 shape (levels, steps, learned steps, Gaussian), and replaces it with one ``DemonsRefine`` node
-of regrisk's domain (``native_regions``), which :func:`run` executes with :func:`regrisk.kernels.warp` and the fused
-:func:`regrisk.kernels.demons_step`. A graph that does not match exactly is left as it is.
+of regrisk's domain (``native_regions``), which :func:`run` executes level by level with
+:func:`regrisk.kernels.demons_steps` (the warp and the fused :func:`regrisk.kernels.demons_step`
+of every step of a level in one native call). A graph that does not match exactly is left as
+it is.
 """
 
 from __future__ import annotations
@@ -110,10 +112,8 @@ def run(spec: DemonsSpec, source: np.ndarray, target: np.ndarray, threads: int |
         u = (np.zeros((t.shape[0], 3, *t.shape[2:]), np.float32) if u is None
              else np.float32(2.0) * kernels.upsample2(u, threads))
         gt = np.ascontiguousarray(central_gradient(t))
-        for _ in range(spec.steps):
-            sw = kernels.warp(s, u, mode="border", threads=threads)
-            u = kernels.demons_step(sw, t, gt, u, kernel, tau=spec.tau[level],
-                                    alpha=spec.alpha[level], eps=EPS, threads=threads)
+        u = kernels.demons_steps(s, t, gt, u, kernel, steps=spec.steps, tau=spec.tau[level],
+                                 alpha=spec.alpha[level], eps=EPS, threads=threads)
     return u * np.float32(spec.levels[-1])
 
 
