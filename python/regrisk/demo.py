@@ -116,10 +116,12 @@ def overview_bytes(target: np.ndarray, source: np.ndarray, warped: np.ndarray,
     cols = ["target (MNI152)", "source (Colin27)", "warped source", "uncertainty sigma"]
     fig, axes = plt.subplots(3, 4, figsize=(12, 9.2), facecolor="white")
     heat = None
+    lo, hi = np.percentile(target, [1, 99.5])
+    lim = dict(vmin=float(lo), vmax=float(hi))
+    lo, hi = np.percentile(source, [1, 99.5])
+    slim = dict(vmin=float(lo), vmax=float(hi))
     for row, (t, s, w, u) in enumerate(zip(_slices(target, centre), _slices(source, centre),
                                            _slices(warped, centre), _slices(shown, centre))):
-        lim = dict(vmin=float(np.percentile(target, 1)), vmax=float(np.percentile(target, 99.5)))
-        slim = dict(vmin=float(np.percentile(source, 1)), vmax=float(np.percentile(source, 99.5)))
         for col, img in enumerate((t, s, w)):  # the warped source keeps the source's scale
             axes[row, col].imshow(img, **gray, **(lim if col == 0 else slim))
         axes[row, 3].imshow(t, **gray, **lim)
@@ -139,7 +141,9 @@ def overview_bytes(target: np.ndarray, source: np.ndarray, warped: np.ndarray,
         fig.suptitle(title, fontsize=11)
     buffer = bytes_io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=90, facecolor="white")
+        # zlib level 1: a third of the encoding time for a file about a fifth larger
+        fig.savefig(buffer, format="png", dpi=90, facecolor="white",
+                    pil_kwargs={"compress_level": 1})
     finally:
         plt.close(fig)
     return buffer.getvalue()

@@ -132,11 +132,12 @@ def _stage(context: _Context, piece: list[Any], end: int) -> Stage:
 
     model, last_use, types = context.model, context.last_use, context.types
     inits, constants = context.inits, context.constants
+    outputs = [o for o in dict.fromkeys(o for n in piece for o in n.output) if last_use.get(o, -1) >= end]
+    piece = _needed(piece, outputs)
     made = {o for n in piece for o in n.output}
     read = [i for n in piece for i in n.input if i]
     outside = list(dict.fromkeys(i for i in read if i not in made))
     feeds = [i for i in outside if i not in inits and i not in constants]
-    outputs = [o for o in dict.fromkeys(o for n in piece for o in n.output) if last_use.get(o, -1) >= end]
     graph = helper.make_graph(
         [constants[i] for i in outside if i in constants] + piece, f"stage_{end}",
         [helper.make_tensor_value_info(i, types.get(i, TensorProto.FLOAT), None) for i in feeds],
@@ -145,6 +146,17 @@ def _stage(context: _Context, piece: list[Any], end: int) -> Stage:
     stage_model = helper.make_model(graph, opset_imports=list(model.opset_import))
     stage_model.ir_version = model.ir_version
     return Stage(stage_model, tuple(feeds), tuple(outputs))
+
+
+def _needed(piece: list[Any], outputs: Sequence[str]) -> list[Any]:
+    """The nodes of ``piece`` that ``outputs`` depend on (what only removed nodes read, e.g.
+    the fused demons' pooling of its inputs, would make a stage read feeds it does not need)."""
+    wanted, kept = set(outputs), []
+    for node in reversed(piece):
+        if wanted.intersection(node.output):
+            kept.append(node)
+            wanted.update(i for i in node.input if i)
+    return kept[::-1]
 
 
 def _elem_types(model: Any) -> dict[str, int]:
@@ -182,11 +194,66 @@ def gridsample_as_warp(volume: Array, grid: Array, border: bool, align_corners: 
                 mode="border" if border else "fill")
 
 
+def _inputs_of(part: Stage | Sample | Native) -> tuple[str, ...]:
+    return (part.volume, part.grid) if isinstance(part, Sample) else tuple(part.inputs)
+
+
+def _outputs_of(part: Stage | Sample | Native) -> tuple[str, ...]:
+    return (part.output,) if isinstance(part, Sample) else tuple(part.outputs)
+
+
+def single_feed_parts(parts: Sequence[Stage | Sample | Native]) -> dict[int, str]:
+    """Index of every part whose inputs all derive from one and the same graph feed -> that
+    feed's name (the target's normalisation and pooling, in a graph fed source and target)."""
+    made: dict[str, frozenset[str]] = {}  # tensor -> the feeds it derives from
+    single = {}
+    for i, part in enumerate(parts):
+        feeds = frozenset().union(*(made.get(n, frozenset({n})) for n in _inputs_of(part)))
+        made.update((o, feeds) for o in _outputs_of(part))
+        if len(feeds) == 1:
+            single[i] = next(iter(feeds))
+    return single
+
+
+class _SameFeed:
+    """The outputs of the parts that depend on one feed only, kept for the last value of that
+    feed: every pass of an estimate has the same target, so its share of the graph (the default
+    network's normalisation and pooling of the target) runs once per estimate. A hit compares the
+    whole feed (a few sampled values first, so that a changing feed costs almost nothing)."""
+
+    def __init__(self, parts: Sequence[Stage | Sample | Native]) -> None:
+        self.feed_of = single_feed_parts(parts)
+        self._kept: dict[int, tuple[np.ndarray, list[Array]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, i: int, feeds: Mapping[str, Array]) -> list[Array] | None:
+        name = self.feed_of.get(i)
+        kept = self._kept.get(i) if name is not None else None
+        if kept is None:
+            return None
+        value, outputs = kept
+        now = feeds[name]
+        if not isinstance(now, np.ndarray) or now.shape != value.shape or now.dtype != value.dtype:
+            return None
+        probe = slice(None, None, max(1, value.size // 64))
+        same = (np.array_equal(now.reshape(-1)[probe], value.reshape(-1)[probe])
+                and np.array_equal(now, value))
+        return outputs if same else None
+
+    def put(self, i: int, feeds: Mapping[str, Array], outputs: list[Array]) -> None:
+        name = self.feed_of.get(i)
+        if name is not None and isinstance(feeds[name], np.ndarray):
+            with self._lock:  # a copy: the caller's feed array may be reused for other values
+                self._kept[i] = (np.array(feeds[name]), outputs)
+
+
 class StagedGraph:
     """Runs ``parts`` in order: stages through ``compile_stage`` (compiled once per shape of
     their feeds, given the graph with those shapes declared), samples through
     :func:`regrisk.kernels.warp`. A compiled stage may be called from several threads at once
-    (the backend keeps a request per thread), so several images can run concurrently."""
+    (the backend keeps a request per thread), so several images can run concurrently. Parts
+    that depend on one feed only are not run again while that feed keeps its value (_SameFeed);
+    stages whose outputs nothing reads are not run at all."""
 
     def __init__(self, parts: list[Stage | Sample | Native], compile_stage: StageCompiler,
                  threads: int | None = None) -> None:
@@ -195,6 +262,7 @@ class StagedGraph:
         self.threads = threads
         self._compiled: dict[tuple[int, tuple], Callable[..., dict[str, Array]]] = {}
         self._lock = threading.Lock()  # one compilation per stage and shape
+        self._same_feed = _SameFeed(parts)
 
     @property
     def compiled(self) -> list[Any]:
@@ -231,6 +299,12 @@ class StagedGraph:
         warp = Bound(threads).warp
         values: dict[str, Array] = dict(feeds)
         for i, part in enumerate(self.parts):
+            if not _outputs_of(part):
+                continue  # a stage whose values only removed nodes read (the fused demons')
+            kept = self._same_feed.get(i, feeds)
+            if kept is not None:
+                values.update(zip(_outputs_of(part), kept))
+                continue
             if isinstance(part, Sample):
                 values[part.output] = gridsample_as_warp(values[part.volume], values[part.grid],
                                                          part.border, part.align_corners, warp)
@@ -239,6 +313,7 @@ class StagedGraph:
                                                          threads)))
             else:
                 values.update(self._stage(i, part, {n: values[n] for n in part.inputs}))
+            self._same_feed.put(i, feeds, [values[n] for n in _outputs_of(part)])
         return {n: values[n] for n in outputs}
 
     def _stage(self, i: int, part: Stage, feeds: dict[str, Array]) -> dict[str, Array]:
