@@ -214,3 +214,20 @@ def test_pooling_is_scipys_gaussian(rng) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
     wide = pool_covariance(cov.astype(np.float64), 12.0, spacing)
     np.testing.assert_allclose(wide, want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+def test_fixed_k_precision_computed_beside_the_maps_equals_the_one_computed_in_line():
+    """A fixed K measures its precision in a thread while the maps are finalised; the same 16
+    draws run as one adaptive round (measured in line, before the maps) report the same."""
+    S, T = smooth_pair((20, 20, 20), 1)
+    est = Estimator(difference_model)
+    kw = dict(perturbation="bspline(count=5,max=2)", seed=4)
+    fixed = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples=16, **kw)
+    inline = est.estimate((S, np.eye(4)), (T, np.eye(4)), samples="auto", precision=0.9999,
+                          max_samples=16, **kw)
+    a, b = fixed.summary["sampling"], inline.summary["sampling"]
+    assert (a["stopped"], b["stopped"], a["samples"], b["samples"]) == (
+        "fixed K", "max samples reached", 16, 16)
+    assert a["precision"] == b["precision"] and 0.0 < a["precision"]["precision"] <= 1.0
+    assert np.array_equal(fixed.uncertainty, inline.uncertainty)
+    assert fixed.timings["precision"] > 0.0

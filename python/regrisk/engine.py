@@ -166,6 +166,7 @@ class Estimator:
             _require_finite_maps(maps, pair.xp)
         with clock.stage("to_native"):
             native = self._native_maps(pair, maps, u0)
+        outcome.settle()  # the precision, measured beside finalise on the CPU
         clock.times["total"] = time.perf_counter() - t_start
         params = provenance.RunParameters(
             outcome.samples, passes, pert.describe(), seed, sobol, batch, self.device,
