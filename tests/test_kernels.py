@@ -101,6 +101,22 @@ def test_warp_rows_of_odd_width_mixing_inside_and_outside_points(xp, rng, channe
                          R.warp(vol, disp, mode=mode, fill=0.25))
 
 
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_warp_grid_matches_reference_and_the_displacement_it_stands_for(rng, align, mode):
+    """GridSample's grid sampled directly: close to the float64 reference, and bit for bit the
+    warp of the float32 displacement the staged graphs used to make from the grid."""
+    vol = volume(rng, (7, 9, 11), channels=2)[None]
+    grid = rng.uniform(-1.2, 1.2, (2, 6, 8, 13, 3)).astype(np.float32)  # points outside too
+    got = K.warp_grid(vol, grid, align_corners=align, mode=mode, fill=0.5)
+    assert got.shape == (2, 2, 6, 8, 13) and got.dtype == np.float32
+    check_close(got, R.gridsample(vol, grid, align, mode=mode, fill=0.5), atol=2e-5, rtol=2e-5)
+    disp = R.gridsample_displacement(grid, vol.shape, align)
+    assert np.array_equal(got, K.warp(vol, disp, mode=mode, fill=0.5))
+    with pytest.raises(ValueError, match="grid: axis 4"):
+        K.warp_grid(vol, grid[..., :2].copy(), align_corners=align)
+
+
 @pytest.mark.parametrize("vol_lead,disp_batch,expect", [
     ((), None, lambda s: s),                  # (D,H,W) + (3,...) -> (D,H,W)
     ((2,), None, lambda s: (2,) + s),         # (C,...) + (3,...) -> (C,...)

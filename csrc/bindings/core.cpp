@@ -114,6 +114,27 @@ void bind_demons(py::module_& m) {
       py::arg("out"), py::arg("threads") = 0);
 }
 
+// CPU only (warp/warp.h says why).
+void bind_warp_grid(py::module_& m) {
+  m.def(
+      "warp_grid",
+      [](py::handle volume_obj, py::handle grid_obj, py::handle out_obj, float fill, bool border,
+         bool align_corners, int threads) {
+        using regrisk::bindings::host_array;
+        const regrisk::Array volume = host_array(volume_obj, "volume"),
+                             grid = host_array(grid_obj, "grid"), out = host_array(out_obj, "out");
+        regrisk::check_warp_grid(volume, grid, out);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::warp_grid(volume, grid, out, fill, regrisk::boundary_of(border), align_corners,
+                           team);
+      },
+      "out (B,C,d,h,w) = volume (Bv,C,D,H,W) at grid (B,d,h,w,3), ONNX GridSample's normalised "
+      "x, y, z (csrc/warp/warp.h). threads: OpenMP team size (0: the default).",
+      py::arg("volume"), py::arg("grid"), py::arg("out"), py::arg("fill"), py::arg("border"),
+      py::arg("align_corners"), py::arg("threads") = 0);
+}
+
 void bind_resample(py::module_& m) {
   using regrisk::bindings::host_array;
   m.def(
@@ -201,6 +222,7 @@ PYBIND11_MODULE(_core, m) {
             "dispatches.";
   regrisk::bindings::bind_kernels<HostKernels>(m);
   bind_demons(m);
+  bind_warp_grid(m);
   bind_resample(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");

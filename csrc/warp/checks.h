@@ -23,6 +23,15 @@ inline void check_warp_displacement(const Array& volume, const Array& disp, cons
   check_warp_output(volume, disp, out);
 }
 
+inline void check_warp_grid(const Array& volume, const Array& grid, const Array& out) {
+  expect_array(volume, 5);
+  expect_array(grid, 5);
+  expect_dim(grid, 4, 3, "x, y, z");
+  expect_array(out, 5, true);
+  for (int a = 2; a < 5; ++a) expect_dim(out, a, grid.dim(a - 1), "the grid's points");
+  check_warp_output(volume, grid, out);
+}
+
 inline void check_warp_affine(const Array& volume, const Array& affine, const Array& out) {
   expect_array(volume, 5);
   expect_affines(affine);

@@ -48,6 +48,37 @@ void warp_displacement(const Array& volume, const Array& disp, const Array& out,
   });
 }
 
+void warp_grid(const Array& volume, const Array& grid, const Array& out, float fill,
+               Boundary mode, bool align_corners, Threads threads) {
+  const Grid3 og = out.grid(2), in = volume.grid(2);
+  const float* gr = grid.in();
+  // per axis (i, j, k): the scale of the normalised coordinate and the centre, in float as
+  // NumPy had them (np.float32 of the double expressions)
+  const double n[3] = {static_cast<double>(in.d), static_cast<double>(in.h),
+                       static_cast<double>(in.w)};
+  float scale[3], centre[3];
+  for (int a = 0; a < 3; ++a) {
+    scale[a] = static_cast<float>(align_corners ? 0.5 * (n[a] - 1.0) : 0.5 * n[a]);
+    centre[a] = static_cast<float>(0.5 * (n[a] - 1.0));
+  }
+  warp_rows(volume, out, fill, mode, threads.n, [&](int64_t b, int64_t i, int64_t j) {
+    const float* g = gr + ((b * og.d + i) * og.h + j) * og.w * 3;
+    const float fi = static_cast<float>(i), fj = static_cast<float>(j);
+    const float di = centre[0] - fi, dj = centre[1] - fj;
+    return [=](int k0, int cnt, float* __restrict z, float* __restrict y, float* __restrict x) {
+      for (int p = 0; p < cnt; ++p) {
+        const float* q = g + (k0 + p) * 3;  // x, y, z: the array axes k, j, i
+        const float fk = static_cast<float>(k0 + p);
+        const float ui = q[2] * scale[0] + di, uj = q[1] * scale[1] + dj,
+                    uk = q[0] * scale[2] + (centre[2] - fk);
+        z[p] = fi + ui;
+        y[p] = fj + uj;
+        x[p] = fk + uk;
+      }
+    };
+  });
+}
+
 // A row's affine (a copy; the coordinate buffers, __restrict, cannot alias it) and its (i, j).
 struct AffineRow {
   float A[12];

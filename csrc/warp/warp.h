@@ -33,6 +33,14 @@ void warp_displacement(const Array& volume, const Array& disp, const Array& out,
 void warp_displacement(const Array& volume, const Array& disp, const Array& out, float fill,
                        Boundary mode, Stream stream);
 
+// out[b, c](x) = volume[b or 0, c] at grid[b](x), ONNX GridSample's normalised coordinates
+// (grid (B, d, h, w, 3) holds x, y, z in [-1, 1]; align_corners picks the convention). The
+// position along each axis is formed as the staged graphs formed it in NumPy before (the
+// displacement grid * scale + (centre - x), then x + displacement), so the samples are the same
+// bit for bit. CPU only (staged graphs run on CPU backends).
+void warp_grid(const Array& volume, const Array& grid, const Array& out, float fill,
+               Boundary mode, bool align_corners, Threads threads);
+
 // out[b, c](x) = volume[b or 0, c](A_b x + t_b).
 void warp_affine(const Array& volume, const Array& affine, const Array& out, float fill,
                  Boundary mode, Threads threads);

@@ -234,6 +234,21 @@ def warp(volume: Any, displacement: Any = None, *, affine: Any = None, shape: An
     return out[0] if volume.ndim == 4 else out[0, 0]
 
 
+def warp_grid(volume: Any, grid: Any, *, align_corners: bool, mode: str = "fill",
+              fill: float = 0.0, threads: int | None = None) -> Any:
+    """ONNX GridSample (linear) of ``volume`` (B or 1, C, D, H, W) at ``grid`` (B, d, h, w, 3),
+    normalised x, y, z in [-1, 1] under either ``align_corners`` convention: mode "fill" (zeros
+    padding with ``fill``) or "border". Returns float32 (B, C, d, h, w). The grid is read as it
+    is (no displacement field is made from it); NumPy only (staged graphs run on the CPU)."""
+    _host_only("warp_grid", volume=volume, grid=grid)
+    border, fill_value = _mode(mode), _fill(fill)
+    if getattr(grid, "ndim", 0) != 5:
+        raise ValueError(f"grid: expected (B, d, h, w, 3), got shape {np.shape(grid)}")
+    out = np.empty((grid.shape[0], volume.shape[1], *grid.shape[1:4]), dtype=np.float32)
+    _core.warp_grid(volume, grid, out, fill_value, border, bool(align_corners), _threads(threads))
+    return out
+
+
 def _affine(affine: Any, xp: ModuleType) -> tuple[Any, bool]:
     """A (3,4) or (B,3,4) affine as float32 (B,3,4) on `xp`, and whether it was batched."""
     try:
@@ -578,6 +593,9 @@ class Bound:
 
     def compose(self, *args: Any, **kw: Any) -> Any:
         return compose(*args, threads=self.threads, **kw)
+
+    def warp_grid(self, *args: Any, **kw: Any) -> Any:
+        return warp_grid(*args, threads=self.threads, **kw)
 
     def bspline_field(self, control: Any, shape: Any) -> Any:
         return bspline_field(control, shape, threads=self.threads)

@@ -95,6 +95,33 @@ def warp(volume: np.ndarray, displacement: np.ndarray | None = None, *, affine: 
     return out[0] if np.ndim(volume) == 4 else out[0, 0]
 
 
+def gridsample_displacement(grid: np.ndarray, volume_shape: tuple[int, ...],
+                            align_corners: bool) -> np.ndarray:
+    """ONNX GridSample's grid (B, d, h, w, 3), normalised x, y, z, as a float32 displacement
+    (B, 3, d, h, w) of a volume of ``volume_shape`` (..., D, H, W) on the output grid: the grid
+    becomes voxel positions along (i, j, k), minus the output grid's own coordinates (float32
+    steps: kernels.warp_grid forms each position with the same roundings)."""
+    grid = np.asarray(grid, dtype=np.float32)
+    out_grid = grid.shape[1:4]
+    disp = np.empty((grid.shape[0], 3, *out_grid), dtype=np.float32)
+    for axis in range(3):  # array axis i, j, k is the grid's z, y, x
+        n = float(volume_shape[-3 + axis])
+        scale = 0.5 * (n - 1.0) if align_corners else 0.5 * n  # the two conventions
+        shape = [1, 1, 1]
+        shape[axis] = out_grid[axis]
+        shift = np.float32(0.5 * (n - 1.0)) - np.arange(out_grid[axis], dtype=np.float32)
+        np.multiply(grid[..., 2 - axis], np.float32(scale), out=disp[:, axis])
+        disp[:, axis] += shift.reshape(shape)
+    return disp
+
+
+def gridsample(volume: np.ndarray, grid: np.ndarray, align_corners: bool, mode: str = "fill",
+               fill: float = 0.0) -> np.ndarray:
+    """Reference of kernels.warp_grid (linear GridSample, zeros padding as "fill")."""
+    disp = gridsample_displacement(grid, np.shape(volume), align_corners)
+    return warp(np.asarray(volume), disp, mode=mode, fill=fill)
+
+
 def compose(displacement: np.ndarray, *, affine: Any = None, field: np.ndarray | None = None,
             fill: float = 0.0, mode: str = "border") -> np.ndarray:
     """Reference of kernels.compose: u_g(x) = tau(x + u(x)) - x, with tau(y) = A y + b or

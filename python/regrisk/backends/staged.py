@@ -173,27 +173,6 @@ def _elem_types(model: Any) -> dict[str, int]:
             if v.type.tensor_type.elem_type}
 
 
-def gridsample_as_warp(volume: Array, grid: Array, border: bool, align_corners: bool,
-                       warp: Callable[..., Array]) -> Array:
-    """GridSample(volume (B, C, D, H, W), grid (B, d, h, w, 3) normalised x, y, z) through
-    ``warp(volume, displacement, mode=...)``: the grid becomes voxel positions of ``volume``
-    along (i, j, k), minus the output grid's own coordinates."""
-    grid = np.asarray(grid, dtype=np.float32)
-    out_grid = grid.shape[1:4]
-    disp = np.empty((grid.shape[0], 3, *out_grid), dtype=np.float32)
-    for axis in range(3):  # array axis i, j, k is the grid's z, y, x; one pass each, no copies
-        n = float(volume.shape[2 + axis])
-        # position = grid * scale + (n - 1) / 2: the two align_corners conventions
-        scale = 0.5 * (n - 1.0) if align_corners else 0.5 * n
-        shape = [1, 1, 1]
-        shape[axis] = out_grid[axis]
-        shift = (np.float32(0.5 * (n - 1.0)) - np.arange(out_grid[axis], dtype=np.float32))
-        np.multiply(grid[..., 2 - axis], np.float32(scale), out=disp[:, axis])
-        disp[:, axis] += shift.reshape(shape)
-    return warp(np.ascontiguousarray(volume, dtype=np.float32), disp,
-                mode="border" if border else "fill")
-
-
 def _inputs_of(part: Stage | Sample | Native) -> tuple[str, ...]:
     return (part.volume, part.grid) if isinstance(part, Sample) else tuple(part.inputs)
 
@@ -296,7 +275,7 @@ class StagedGraph:
         from ..kernels import Bound
 
         threads = self.threads if threads is None else threads
-        warp = Bound(threads).warp
+        sample = Bound(threads).warp_grid
         values: dict[str, Array] = dict(feeds)
         for i, part in enumerate(self.parts):
             if not _outputs_of(part):
@@ -306,8 +285,10 @@ class StagedGraph:
                 values.update(zip(_outputs_of(part), kept))
                 continue
             if isinstance(part, Sample):
-                values[part.output] = gridsample_as_warp(values[part.volume], values[part.grid],
-                                                         part.border, part.align_corners, warp)
+                values[part.output] = sample(
+                    np.ascontiguousarray(values[part.volume], dtype=np.float32),
+                    np.ascontiguousarray(values[part.grid], dtype=np.float32),
+                    align_corners=part.align_corners, mode="border" if part.border else "fill")
             elif isinstance(part, Native):
                 values.update(zip(part.outputs, part.run([values[n] for n in part.inputs],
                                                          threads)))
