@@ -105,10 +105,10 @@ static void sample_points_1(const float* vol, Grid3 g, const float* z, const flo
 // One channel with AVX-512, 16 points at a time in registers: the interior test, the corner
 // offset and the weights as locate_points and trilinear_weights form them, each corner one
 // masked gather, then the same products and pairwise sums as trilinear_interior (no fused
-// multiply-add: GCC would contract the intrinsics, hence fp-contract=off), so every value is
+// multiply-add: GCC would contract the intrinsics but for -ffp-contract=off), so every value is
 // bit for bit the scalar loop's; the other points through sample_trilinear as there. Offsets
 // are 32-bit: the caller takes this path only for volumes of fewer than 2^31 values.
-__attribute__((target("avx512f"), optimize("fp-contract=off")))
+__attribute__((target("avx512f")))
 static void sample_points_gather(const float* vol, int64_t C, int64_t cstride, Grid3 g,
                                  const float* z, const float* y, const float* x, int n,
                                  float* out, int64_t ostride, Boundary mode, float fill) {
