@@ -539,6 +539,21 @@ def test_bound_kernels_carry_their_thread_count(rng, monkeypatch):
         K.Bound(4097)
 
 
+def test_build_info_says_whether_warps_use_avx512_gathers():
+    """Against the CPU's own flags (Linux): the gather path is taken exactly where AVX-512F is."""
+    import platform
+    from pathlib import Path
+
+    info = K.build_info()
+    assert isinstance(info["avx512_gathers"], bool)
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        pytest.skip("the CPU's flags are read from /proc/cpuinfo on x86-64 Linux")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert info["avx512_gathers"] == ("avx512f" in flags)
+
+
 def test_build_info_reports_openmp():
     info = K.build_info()
     assert set(info) >= {"openmp", "cuda_module", "compiler", "flags"}

@@ -23,6 +23,7 @@
 #include "welford/welford.h"
 #include "bindings/kernels.h"
 #include "common/parallel.h"
+#include "common/point_sampler.h"
 
 #if defined(REGRISK_OPENMP)
 #include <omp.h>
@@ -211,6 +212,8 @@ py::dict build_info() {
   d["avx2_clones"] = false;
   d["cpu_avx2"] = false;
 #endif
+  // Trilinear sampling by AVX-512 gathers (common/point_sampler.cpp), built in and taken here.
+  d["avx512_gathers"] = regrisk::cpu::gather_sampling();
   d["cplusplus"] = static_cast<long>(__cplusplus);
   return d;
 }

@@ -169,6 +169,14 @@ static bool gather_cpu() {
 }
 #endif
 
+bool gather_sampling() {
+#if REGRISK_GATHER
+  return gather_cpu();
+#else
+  return false;
+#endif
+}
+
 void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const float* z,
                    const float* y, const float* x, int n, float* out, int64_t ostride,
                    Boundary mode, float fill) {

@@ -21,6 +21,9 @@ void sample_points(const float* vol, int64_t C, int64_t cstride, Grid3 g, const 
                    const float* y, const float* x, int n, float* out, int64_t ostride,
                    Boundary mode, float fill);
 
+// Whether sample_points takes the AVX-512 gather path here (built in, and this CPU has AVX-512F).
+bool gather_sampling();
+
 // f(k0, n) for the chunks [k0, k0 + n) of a row of w points. Dimensions are < 2^31 (checked by
 // the bindings): int counters convert to float in SIMD.
 template <class F>

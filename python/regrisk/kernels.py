@@ -573,7 +573,8 @@ def build_info() -> dict[str, Any]:
 
     Keys: openmp (bool), openmp_version, openmp_max_threads, compiler, flags (baseline ISA and
     optimisation), avx2_clones (hot loops also built for AVX2), cpu_avx2 (this CPU runs them),
-    cplusplus, cuda_module (regrisk._cuda is present; says nothing about a usable GPU).
+    avx512_gathers (warps and compositions sample by AVX-512 gathers here: built in, and this
+    CPU has AVX-512F; the same bits as the other build), cplusplus, cuda_module (regrisk._cuda is present; says nothing about a usable GPU).
     """
     info = dict(_core.build_info())
     info["cuda_module"] = importlib.util.find_spec("regrisk._cuda") is not None
