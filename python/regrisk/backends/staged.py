@@ -211,7 +211,7 @@ class _SameFeed:
         if kept is None:
             return None
         value, outputs = kept
-        now = feeds[name]
+        now = feeds.get(name)
         if not isinstance(now, np.ndarray) or now.shape != value.shape or now.dtype != value.dtype:
             return None
         probe = slice(None, None, max(1, value.size // 64))
@@ -221,7 +221,7 @@ class _SameFeed:
 
     def put(self, i: int, feeds: Mapping[str, Array], outputs: list[Array]) -> None:
         name = self.feed_of.get(i)
-        if name is not None and isinstance(feeds[name], np.ndarray):
+        if name is not None and isinstance(feeds.get(name), np.ndarray):
             with self._lock:  # a copy: the caller's feed array may be reused for other values
                 self._kept[i] = (np.array(feeds[name]), outputs)
 
