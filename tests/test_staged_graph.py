@@ -53,3 +53,14 @@ def test_a_stage_keeps_only_the_nodes_its_outputs_need() -> None:
     (stage,) = split(helper.make_model(graph), [])
     assert stage.inputs == ("b",) and stage.outputs == ("y",)
     assert [n.op_type for n in stage.graph.graph.node] == ["Neg"]
+
+
+def test_a_piece_whose_values_nothing_reads_makes_no_stage() -> None:
+    """A GridSample cut after a node only a removed node would read: no empty stage before it."""
+    nodes = [helper.make_node("Relu", ["a"], ["unread"]), helper.make_node("Neg", ["b"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    natives = {"Neg": lambda inputs, threads=None: [-inputs[0]]}
+    parts = split(helper.make_model(graph), [1], natives)
+    assert len(parts) == 1 and isinstance(parts[0], Native) and parts[0].op == "Neg"

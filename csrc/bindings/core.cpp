@@ -54,22 +54,30 @@ struct HostKernels {
   static py::arg_v where_arg() { return py::arg("threads") = 0; }
 };
 
+// The arrays of demons_step (image: the warped source sw) and demons_steps (image: the
+// source s), in the order both take them.
+struct DemonsArrays {
+  regrisk::Array image, t, gt, u, kernel, out;
+};
+
+DemonsArrays demons_arrays(py::handle image, const char* image_name, py::handle t, py::handle gt,
+                           py::handle u, py::handle kernel, py::handle out) {
+  using regrisk::bindings::host_array;
+  return {host_array(image, image_name), host_array(t, "t"),           host_array(gt, "gt"),
+          host_array(u, "u"),            host_array(kernel, "kernel"), host_array(out, "out")};
+}
+
 // CPU only (demons/demons.h says why), so bound here rather than in bindings/kernels.h.
 void bind_demons(py::module_& m) {
   m.def(
       "demons_step",
-      [](py::handle sw_obj, py::handle t_obj, py::handle gt_obj, py::handle u_obj,
-         py::handle kernel_obj, py::handle out_obj, float tau, float alpha, float eps,
-         int threads) {
-        using regrisk::bindings::host_array;
-        const regrisk::Array sw = host_array(sw_obj, "sw"), t = host_array(t_obj, "t"),
-                             gt = host_array(gt_obj, "gt"), u = host_array(u_obj, "u"),
-                             kernel = host_array(kernel_obj, "kernel"),
-                             out = host_array(out_obj, "out");
-        regrisk::check_demons_step(sw, t, gt, u, kernel, out, tau, alpha, eps);
+      [](py::handle sw, py::handle t, py::handle gt, py::handle u, py::handle kernel,
+         py::handle out, float tau, float alpha, float eps, int threads) {
+        const DemonsArrays a = demons_arrays(sw, "sw", t, gt, u, kernel, out);
+        regrisk::check_demons_step(a.image, a.t, a.gt, a.u, a.kernel, a.out, tau, alpha, eps);
         const regrisk::Threads team{checked_threads(threads, "threads", 0)};
         py::gil_scoped_release nogil;
-        regrisk::demons_step(sw, t, gt, u, kernel, out, tau, alpha, eps, team);
+        regrisk::demons_step(a.image, a.t, a.gt, a.u, a.kernel, a.out, tau, alpha, eps, team);
       },
       "One fused step of unrolled ESM demons (csrc/demons/demons.h). threads: OpenMP team "
       "size (0: the default).",
@@ -77,18 +85,15 @@ void bind_demons(py::module_& m) {
       py::arg("out"), py::arg("tau"), py::arg("alpha"), py::arg("eps"), py::arg("threads") = 0);
   m.def(
       "demons_steps",
-      [](py::handle s_obj, py::handle t_obj, py::handle gt_obj, py::handle u_obj,
-         py::handle kernel_obj, py::handle out_obj, int steps, float tau, float alpha, float eps,
-         int threads) {
-        using regrisk::bindings::host_array;
-        const regrisk::Array s = host_array(s_obj, "s"), t = host_array(t_obj, "t"),
-                             gt = host_array(gt_obj, "gt"), u = host_array(u_obj, "u"),
-                             kernel = host_array(kernel_obj, "kernel"),
-                             out = host_array(out_obj, "out");
-        regrisk::check_demons_steps(s, t, gt, u, kernel, out, steps, tau, alpha, eps);
+      [](py::handle s, py::handle t, py::handle gt, py::handle u, py::handle kernel,
+         py::handle out, int steps, float tau, float alpha, float eps, int threads) {
+        const DemonsArrays a = demons_arrays(s, "s", t, gt, u, kernel, out);
+        regrisk::check_demons_steps(a.image, a.t, a.gt, a.u, a.kernel, a.out, steps, tau, alpha,
+                                    eps);
         const regrisk::Threads team{checked_threads(threads, "threads", 0)};
         py::gil_scoped_release nogil;
-        regrisk::demons_steps(s, t, gt, u, kernel, out, steps, tau, alpha, eps, team);
+        regrisk::demons_steps(a.image, a.t, a.gt, a.u, a.kernel, a.out, steps, tau, alpha, eps,
+                              team);
       },
       "`steps` demons steps on one level: warp s by u (border), demons_step, repeated "
       "(csrc/demons/demons.h). threads: OpenMP team size (0: the default).",

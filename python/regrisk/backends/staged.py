@@ -84,8 +84,9 @@ def split(model: Any, cuts: Sequence[int],
     start = 0
     for cut in list(cuts) + [len(nodes)]:
         piece = [n for n in nodes[start:cut] if n.op_type != "Constant"]
-        if piece:
-            parts.append(_stage(context, piece, cut))
+        stage = _stage(context, piece, cut) if piece else None
+        if stage is not None and stage.outputs:  # none: what only removed nodes read
+            parts.append(stage)
         if cut < len(nodes) and nodes[cut].op_type in natives:
             node = nodes[cut]
             parts.append(Native(tuple(node.input), tuple(node.output), natives[node.op_type],
@@ -231,8 +232,7 @@ class StagedGraph:
     their feeds, given the graph with those shapes declared), samples through
     :func:`regrisk.kernels.warp`. A compiled stage may be called from several threads at once
     (the backend keeps a request per thread), so several images can run concurrently. Parts
-    that depend on one feed only are not run again while that feed keeps its value (_SameFeed);
-    stages whose outputs nothing reads are not run at all."""
+    that depend on one feed only are not run again while that feed keeps its value (_SameFeed)."""
 
     def __init__(self, parts: list[Stage | Sample | Native], compile_stage: StageCompiler,
                  threads: int | None = None) -> None:
@@ -278,8 +278,6 @@ class StagedGraph:
         sample = Bound(threads).warp_grid
         values: dict[str, Array] = dict(feeds)
         for i, part in enumerate(self.parts):
-            if not _outputs_of(part):
-                continue  # a stage whose values only removed nodes read (the fused demons')
             kept = self._same_feed.get(i, feeds)
             if kept is not None:
                 values.update(zip(_outputs_of(part), kept))

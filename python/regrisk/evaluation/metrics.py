@@ -36,13 +36,9 @@ def _pair(error: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def pearson(error: np.ndarray, uncertainty: np.ndarray) -> float:
     """Pearson correlation; NaN when either input is constant (undefined)."""
-    e, u = _pair(error, uncertainty)
-    e = e - e.mean()
-    u = u - u.mean()
-    denom = np.sqrt((e * e).sum() * (u * u).sum())
-    if denom == 0.0:
-        return float("nan")
-    return float(np.clip((e * u).sum() / denom, -1.0, 1.0))
+    from ..ranking import pearson_of
+
+    return pearson_of(*_pair(error, uncertainty))
 
 
 def spearman(error: np.ndarray, uncertainty: np.ndarray) -> float:
