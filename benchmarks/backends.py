@@ -216,6 +216,8 @@ def run_case(case: Case, args: argparse.Namespace, threads: int) -> list[dict]:
                "chosen": est.runner.describe().get("backend"), "wall": float("inf")}
         row["pass"] = _per_pass(est, case.grid, args.passes)
         rows.append(row)
+    if args.equal_precision:
+        rows += _equal_precision_rows(rows, source, target, args)
     script = {"label": "research script (torch)", "wall": float("inf")}
     draws = _draws(args, case, source)
     S, T = source[0], target[0]
@@ -224,8 +226,10 @@ def run_case(case: Case, args: argparse.Namespace, threads: int) -> list[dict]:
         for row in (rows if round_ % 2 == 0 else rows[::-1]):
             if "est" in row:
                 t0 = time.perf_counter()
-                row["est"].estimate(source, target, samples=args.samples,
-                                    perturbation=args.perturbation, seed=0)
+                res = row["est"].estimate(source, target, **{
+                    "samples": args.samples, "perturbation": args.perturbation, "seed": 0,
+                    **row.get("kw", {})})
+                row["k"] = res.summary["sampling"]["samples"]
                 row.setdefault("walls", []).append(time.perf_counter() - t0)
                 row["wall"] = min(row["wall"], row["walls"][-1])
         if case.script is not None and not args.skip_script:
@@ -234,9 +238,27 @@ def run_case(case: Case, args: argparse.Namespace, threads: int) -> list[dict]:
             script.setdefault("walls", []).append(time.perf_counter() - t0)
             script["wall"] = min(script["wall"], script["walls"][-1])
     for row in rows:
-        if "est" in row:
+        if "est" in row and not row.get("shared"):
             row.pop("est").close()
     return rows + ([script] if np.isfinite(script["wall"]) else [])
+
+
+def _equal_precision_rows(rows: list[dict], source: Any, target: Any,
+                          args: argparse.Namespace) -> list[dict]:
+    """Each estimator again with ``samples="auto"`` stopping at the split-half precision of the
+    paper's estimator at K (the research script's map: same draws, plain Welford), measured
+    here with ``variance_reduction="none"``: the time to a map as precise as the script's."""
+    out = []
+    for row in [r for r in rows if "est" in r]:
+        plain = row["est"].estimate(source, target, samples=args.samples,
+                                    perturbation=args.perturbation, seed=0,
+                                    variance_reduction="none")
+        p = plain.summary["sampling"]["precision"]["precision"]
+        out.append({**row, "label": f"{row['label']}, samples auto to the script's precision "
+                                    f"{p:.3f}", "shared": True, "wall": float("inf"),
+                    "kw": {"samples": "auto", "precision": p, "max_samples": 4 * args.samples}})
+        out[-1].pop("walls", None)
+    return out
 
 
 def _draws(args: argparse.Namespace, case: Case, source: Any) -> Any:
@@ -249,18 +271,19 @@ def _draws(args: argparse.Namespace, case: Case, source: Any) -> Any:
 def print_table(case: Case, rows: list[dict], args: argparse.Namespace) -> None:
     script = next((r["wall"] for r in rows if r["label"].startswith("research")), None)
     print(f"\n## {case.name} at {'x'.join(map(str, case.grid))}, K = {args.samples}\n")
-    print("| contender | create (s) | one pass (s) | end to end, best (s) | median (s) "
+    print("| contender | create (s) | one pass (s) | samples | end to end, best (s) | median (s) "
           "| script / contender (best) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['label']} | cannot run: {r['error']} | | | | |")
+            print(f"| {r['label']} | cannot run: {r['error']} | | | | | |")
             continue
         ratio = f"{script / r['wall']:.2f}x" if script else "n/a"
         create = f"{r['create']:.2f}" if "create" in r else ""
         one = f"{r['pass']:.3f}" if "pass" in r else ""
         median = f"{float(np.median(r['walls'])):.2f}" if r.get("walls") else ""
-        print(f"| {r['label']} | {create} | {one} | {r['wall']:.2f} | {median} | {ratio} |")
+        k = r.get("k", args.samples)
+        print(f"| {r['label']} | {create} | {one} | {k} | {r['wall']:.2f} | {median} | {ratio} |")
 
 
 def main() -> None:
@@ -277,6 +300,10 @@ def main() -> None:
     ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                     help="each estimator's memory budget (default: the engine's, half of what is "
                          "available when it is made, which the large exports leave short)")
+    ap.add_argument("--equal-precision", action="store_true",
+                    help="also each contender with samples='auto', stopping at the precision "
+                         "of the paper's estimator at K: the time to a map as precise as the "
+                         "research script's")
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
                     help="only contenders whose label contains TEXT (repeatable): the large "
                          "cases take minutes per K = 50 contender")

@@ -468,6 +468,55 @@ def test_welford_merge_with_empty_and_itself(xp, rng):
     np.testing.assert_allclose(to_host(acc.covariance)[0], np.var(both[:, 0], axis=0, ddof=1), rtol=1e-5)
 
 
+def _state(acc):
+    return [to_host(a) for a in (acc.mean, acc.covariance)]
+
+
+def test_welford_at_some_voxels_is_the_whole_grid_read_there(xp, rng):
+    """``at`` (the split-half precision and the allocation read only a region): every map of the
+    copy equals the whole accumulator's at those voxels, bit for bit, and so does a merge of two
+    such copies; a NaN sample stays NaN there, never a zero spread."""
+    shape = (5, 6, 7)
+    x, y = field(rng, shape, 3.0, batch=5), field(rng, shape, 2.0, batch=3)
+    x[2, 1, 4, 2, 3] = np.nan
+    a, b = _welford(xp, shape).update(on(xp, x)), _welford(xp, shape).update(on(xp, y))
+    idx = np.sort(rng.choice(np.prod(shape), 40, replace=False))
+    idx[0] = np.ravel_multi_index((4, 2, 3), shape)  # the NaN voxel
+    idx.sort()
+    M = np.array([[0.9, 0.2, 0.0], [0.1, 1.2, -0.3], [0.05, 0.0, 2.0]])
+    flat = lambda m: to_host(m).reshape(m.shape[0] if m.ndim == 4 else 1, -1)  # noqa: E731
+    sub = a.at(on(xp, idx))
+    assert sub.count == a.count and sub.shape == (40, 1, 1)
+    for whole, part in ((a.mean, sub.mean), (a.covariance, sub.covariance),
+                        (a.axis_sigma(M), sub.axis_sigma(M)), (a.sigma(M)[None], sub.sigma(M)[None])):
+        assert np.array_equal(flat(whole)[:, idx], flat(part), equal_nan=True)
+    pos = int(np.searchsorted(idx, np.ravel_multi_index((4, 2, 3), shape)))
+    assert np.isnan(flat(sub.axis_sigma(M))[:, pos]).all()
+    merged = _welford(xp, shape).merge(a).merge(b)
+    both = a.at(idx).merge(b.at(idx))
+    for whole, part in zip(_state(merged), _state(both)):
+        assert np.array_equal(whole.reshape(whole.shape[0], -1)[:, idx],
+                              part.reshape(part.shape[0], -1), equal_nan=True)
+    with pytest.raises(ValueError, match="flat indices"):
+        a.at(on(xp, idx.reshape(4, 10)))
+
+
+def test_a_cleared_welford_is_a_fresh_one(xp, rng):
+    shape = (3, 4, 5)
+    x, y = field(rng, shape, 1.0, batch=4), field(rng, shape, 5.0, batch=3)
+    used = _welford(xp, shape).update(on(xp, x))
+    assert used.clear() is used and used.count == 0
+    fresh = _welford(xp, shape)
+    for acc in (used, fresh):
+        acc.update(on(xp, y))
+    assert used.count == fresh.count == 3
+    for u, f in zip(_state(used), _state(fresh)):
+        assert np.array_equal(u, f)  # the old samples left nothing behind
+    other = _welford(xp, shape).update(on(xp, x))
+    for u, o in zip(_state(used.clear().merge(other)), _state(other)):
+        assert np.array_equal(u, o)
+
+
 # --- threads (CPU) --------------------------------------------------------------------------
 
 

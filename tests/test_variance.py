@@ -231,3 +231,33 @@ def test_fixed_k_precision_computed_beside_the_maps_equals_the_one_computed_in_l
     assert a["precision"] == b["precision"] and 0.0 < a["precision"]["precision"] <= 1.0
     assert np.array_equal(fixed.uncertainty, inline.uncertainty)
     assert fixed.timings["precision"] > 0.0
+
+
+def test_family_moments_at_a_region_are_the_whole_grids_there():
+    """The split-half precision and the Neyman scores read each family only at the precision
+    region; a family without a control variate is then computed there alone, a controlled one
+    on its whole grid (its slope is smoothed). Both must give the whole grid's values at those
+    voxels, bit for bit, for either half and for both together."""
+    from regrisk.kernels import Bound
+    from regrisk.strata import Strata
+
+    rng = np.random.default_rng(4)
+    grid = (12, 10, 14)
+    fams = [P.Translation(), P.BSpline()]
+    strata = Strata(fams, grid, np.zeros(1, np.float32), np, Bound(), M, control=True)
+    for k in range(10):
+        g = rng.standard_normal((1, 3, *grid)).astype(np.float32)
+        d = (0.5 * g + rng.standard_normal((1, 3, *grid))).astype(np.float32)
+        strata.update(g, fams[k % 2].name, d)
+    region = np.sort(rng.choice(np.prod(grid), 300, replace=False))
+    for half in (None, 0, 1):
+        whole, part = strata.family_table(half), strata.family_table(half, region)
+        assert whole.keys() == part.keys() == {"translation", "bspline"}
+        for name in whole:
+            (m, v, n), (pm, pv, pn) = whole[name], part[name]
+            assert n == pn and pm.shape == pv.shape == (3, region.size)
+            assert np.array_equal(m.reshape(3, -1)[:, region], pm)
+            assert np.array_equal(v.reshape(3, -1)[:, region], pv)
+            # a real spread, not the zeros of a half with one sample (a controlled variance may
+            # dip below 0 before the final clamp)
+            assert np.isfinite(pv).all() and np.abs(pv).min() > 0

@@ -39,6 +39,71 @@ void update_block(int64_t count_before, float* mean, float* m2, int64_t N, const
     for (int64_t v = 0; v < nv; ++v) m2[c * N + v0 + v] = static_cast<float>(s[c][v]);
 }
 
+// Chan's merge on one block of voxels, the arithmetic of chan_merge term for term; pointers
+// that cannot alias let the compiler vectorise what the per-voxel arrays kept scalar.
+struct MergeFactors {
+  double fb, fab;
+};
+
+void merge_block(MergeFactors f, float* __restrict mean, float* __restrict m2,
+                 const float* __restrict mean_b, const float* __restrict m2_b, int64_t N,
+                 int64_t v0, int64_t nv) {
+  static constexpr int kPair[6][2] = {{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {2, 2}};
+  double d[3][kBlock];
+  for (int c = 0; c < 3; ++c) {
+    float* __restrict ma = mean + c * N + v0;
+    const float* __restrict mb = mean_b + c * N + v0;
+#pragma omp simd
+    for (int64_t v = 0; v < nv; ++v) {
+      const double a = ma[v];
+      d[c][v] = static_cast<double>(mb[v]) - a;
+      ma[v] = static_cast<float>(a + d[c][v] * f.fb);
+    }
+  }
+  for (int t = 0; t < 6; ++t) {
+    float* __restrict qa = m2 + t * N + v0;
+    const float* __restrict qb = m2_b + t * N + v0;
+    const double* __restrict di = d[kPair[t][0]];
+    const double* __restrict dj = d[kPair[t][1]];
+#pragma omp simd
+    for (int64_t v = 0; v < nv; ++v)
+      qa[v] = static_cast<float>(static_cast<double>(qa[v]) +
+                                 (static_cast<double>(qb[v]) + di[v] * dj[v] * f.fab));
+  }
+}
+
+// mapped_variances' per-row products of M, formed once per call as it forms them per voxel
+// (a * a * s is (a * a) * s), so the blocked loop below gives its bits.
+struct AxisRows {
+  double aa[3], bb[3], cc[3], ab[3], ac[3], bc[3];
+};
+
+AxisRows axis_rows(const float* M) {
+  AxisRows r{};
+  for (int i = 0; i < 3; ++i) {
+    const double a = M[3 * i], b = M[3 * i + 1], c = M[3 * i + 2];
+    r.aa[i] = a * a, r.bb[i] = b * b, r.cc[i] = c * c;
+    r.ab[i] = a * b, r.ac[i] = a * c, r.bc[i] = b * c;
+  }
+  return r;
+}
+
+// One world axis' sigma on a block: sqrt of mapped_variances' row r, clamped the same way
+// (a NaN stays NaN).
+void axis_sigma_block(const AxisRows& rows, int r, double scale, const float* __restrict q,
+                      int64_t N, int64_t v0, int64_t nv, float* __restrict o) {
+  const double aa = rows.aa[r], bb = rows.bb[r], cc = rows.cc[r];
+  const double ab = rows.ab[r], ac = rows.ac[r], bc = rows.bc[r];
+#pragma omp simd
+  for (int64_t v = v0; v < v0 + nv; ++v) {
+    const double s00 = q[v] * scale, s01 = q[N + v] * scale, s02 = q[2 * N + v] * scale;
+    const double s11 = q[3 * N + v] * scale, s12 = q[4 * N + v] * scale;
+    const double s22 = q[5 * N + v] * scale;
+    const double x = aa * s00 + bb * s11 + cc * s22 + 2.0 * (ab * s01 + ac * s02 + bc * s12);
+    o[v] = static_cast<float>(std::sqrt(x < 0.0 ? 0.0 : x));
+  }
+}
+
 }  // namespace
 
 void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
@@ -54,17 +119,17 @@ void welford_update(int64_t count_before, const Array& mean, const Array& m2, co
 
 void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
                    const Array& mean_b, const Array& m2_b, Threads threads) {
-  const double na = static_cast<double>(n_a), nb = static_cast<double>(n_b);
-  const int64_t N = mean_a.dim(1);
+  const double na = static_cast<double>(n_a), nb = static_cast<double>(n_b), n = na + nb;
+  const MergeFactors f{nb / n, na * nb / n};  // chan_merge's factors, formed as it forms them
+  const int64_t N = mean_a.dim(1), blocks = (N + kBlock - 1) / kBlock;
   float *mean = mean_a.out(), *m2 = m2_a.out();
   const float *mean_other = mean_b.in(), *m2_other = m2_b.in();
-  cpu::for_each_voxel(N, threads.n, [&](int64_t v) {
-    double ma[3], qa[6], mb[3], qb[6];
-    load_state<double>(mean, m2, N, v, ma, qa);
-    load_state<double>(mean_other, m2_other, N, v, mb, qb);
-    chan_merge<double>(na, nb, ma, qa, mb, qb);
-    store_state<double>(mean, m2, N, v, ma, qa);
-  });
+#pragma omp parallel for schedule(dynamic, cpu::chunk_for(kBlock)) \
+    num_threads(cpu::team_for(threads.n, N))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
+    merge_block(f, mean, m2, mean_other, m2_other, N, v0, nv);
+  }
 }
 
 void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
@@ -84,15 +149,16 @@ void welford_sigma(int64_t count, const Array& m2, const Array& M, const Array& 
 void welford_axis_sigma(int64_t count, const Array& m2, const Array& M, const Array& out,
                         Threads threads) {
   const double scale = 1.0 / static_cast<double>(count - 1);
-  const int64_t N = m2.dim(1);
-  const float *q = m2.in(), *m = M.in();
+  const int64_t N = m2.dim(1), blocks = (N + kBlock - 1) / kBlock;
+  const AxisRows rows = axis_rows(M.in());
+  const float* q = m2.in();
   float* o = out.out();
-  cpu::for_each_voxel(N, threads.n, [&](int64_t v) {
-    double s[6], var[3];
-    for (int c = 0; c < 6; ++c) s[c] = q[c * N + v];
-    mapped_variances<double>(s, scale, m, var);
-    for (int c = 0; c < 3; ++c) o[c * N + v] = static_cast<float>(std::sqrt(var[c]));
-  });
+#pragma omp parallel for schedule(dynamic, cpu::chunk_for(kBlock)) \
+    num_threads(cpu::team_for(threads.n, N))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
+    for (int r = 0; r < 3; ++r) axis_sigma_block(rows, r, scale, q, N, v0, nv, o + r * N);
+  }
 }
 
 }  // namespace regrisk

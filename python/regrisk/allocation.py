@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import array_module
+
 Array = Any
 PILOT = 2  # draws per family before the first allocation (a covariance needs 2)
 
@@ -66,12 +68,18 @@ def mixture_moments(means: Sequence[Array], variances: Sequence[Array], counts: 
     w = w / w.sum()
     mu = sum(np.float32(wf) * m for wf, m in zip(w, means))
     M32 = np.asarray(M, dtype=np.float32)
+    xp = array_module(mu)
+    buf, prod = xp.empty_like(mu[0]), xp.empty_like(mu[0])  # reused: no fresh pages per term
     var = None
     for wf, m, v, n in zip(w, means, variances, counts):
         dm = m - mu
         term = np.float32(wf * (1.0 - (1.0 - wf) / n)) * v
-        for c in range(3):  # (M (mu_f - mu))_c^2
-            term[c] += np.float32(wf) * (M32[c, 0] * dm[0] + M32[c, 1] * dm[1]
-                                         + M32[c, 2] * dm[2]) ** 2
-        var = term if var is None else var + term
+        for c in range(3):  # += wf (M (mu_f - mu))_c^2, summed in the order of the rows
+            xp.multiply(dm[0], M32[c, 0], out=buf)
+            buf += xp.multiply(dm[1], M32[c, 1], out=prod)
+            buf += xp.multiply(dm[2], M32[c, 2], out=prod)
+            xp.square(buf, out=buf)
+            buf *= np.float32(wf)
+            term[c] += buf
+        var = term if var is None else xp.add(var, term, out=var)
     return mu, var

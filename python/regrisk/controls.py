@@ -56,9 +56,16 @@ def controlled_variance(var_h: Array, var_e: Array, var_sum: Array, known: Array
     from .variance import pool_covariance
 
     xp = array_module(var_h)
-    cov_he = 0.5 * (var_sum - var_h - var_e)
+    # the arithmetic of 0.5 (var_sum - var_h - var_e), num / den where den > 0, and
+    # var_h + beta^2 (known - var_e), in place: each fresh (3, ...) array is new pages to fault in
+    cov_he = xp.subtract(var_sum, var_h)
+    cov_he -= var_e
+    cov_he *= np.float32(0.5)
     num = pool_covariance(cov_he, pool_mm, spacing_mm) if pool_mm else cov_he
     den = pool_covariance(var_e, pool_mm, spacing_mm) if pool_mm else var_e
     ok = den > 0
-    beta = xp.where(ok, num / xp.where(ok, den, 1), 0)
-    return var_h + beta * beta * (known - var_e)
+    beta = xp.divide(num, xp.where(ok, den, np.float32(1)), out=num)
+    xp.copyto(beta, np.float32(0), where=~ok)
+    beta *= beta
+    beta *= xp.subtract(known, var_e)
+    return xp.add(var_h, beta, out=beta)

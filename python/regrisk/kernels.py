@@ -468,7 +468,7 @@ class Welford:
         self._xp, self._impl = _backend("like", np.empty(0, np.float32) if like is None else like,
                                         threads)
         n = self.shape[0] * self.shape[1] * self.shape[2]
-        self._count = 0
+        self._count, self._stale = 0, False  # stale: cleared, its memory not yet zeroed
         self._mean = self._xp.zeros((3, n), dtype=np.float32)
         self._m2 = self._xp.zeros((6, n), dtype=np.float32)
 
@@ -487,9 +487,33 @@ class Welford:
         if tuple(batch.shape[-3:]) != self.shape:
             raise ValueError(f"batch: grid {tuple(batch.shape[-3:])} differs from the accumulator's {self.shape}")
         b5 = _as5(batch)
+        if self._stale:
+            self._mean.fill(0)
+            self._m2.fill(0)
+            self._stale = False
         self._impl.welford_update(self._count, self._mean, self._m2,
                                   b5.reshape(b5.shape[0], 3, -1))
         self._count += int(b5.shape[0])
+        return self
+
+    def at(self, voxels: Any) -> "Welford":
+        """A copy of the state at some voxels only (flat indices): an accumulator on a
+        (len(voxels), 1, 1) grid whose maps are this one's at those voxels, bit for bit."""
+        idx = self._xp.asarray(voxels)
+        if idx.ndim != 1:
+            raise ValueError(f"voxels: expected flat indices (1-D), got shape {tuple(idx.shape)}")
+        out = Welford.__new__(Welford)
+        out.shape = (int(idx.shape[0]), 1, 1)
+        out._xp, out._impl = self._xp, self._impl
+        out._count, out._stale = self._count, False
+        out._mean = self._xp.ascontiguousarray(self._mean[:, idx])
+        out._m2 = self._xp.ascontiguousarray(self._m2[:, idx])
+        return out
+
+    def clear(self) -> "Welford":
+        """Back to no samples, in the memory it holds: zeroed at the next update (a merge
+        into an empty accumulator overwrites it whole and needs no zeros)."""
+        self._count, self._stale = 0, True
         return self
 
     def merge(self, other: "Welford") -> "Welford":
@@ -505,7 +529,7 @@ class Welford:
         if self._count == 0:  # Chan's update from nothing is the other's state: copy it
             self._xp.copyto(self._mean, other._mean)
             self._xp.copyto(self._m2, other._m2)
-            self._count = other._count
+            self._count, self._stale = other._count, False
             return self
         mean_b, m2_b = other._mean, other._m2
         if other is self:

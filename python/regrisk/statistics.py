@@ -144,16 +144,12 @@ class SampleStatistics:
         """The split-half precision of a per-family map. Without pooling every step after the
         families' variances is per voxel, so the mixture is taken on the region's voxels only
         (the same values as on the whole grid, a tenth of the work at 128^3)."""
-        strata, xp = self.strata, self.xp
+        strata = self.strata
         if self.pool_mm:
             return split_half_precision(*(strata.sigma(strata.mixture(strata.family_table(h))[1],
                                                        self.pool_mm) for h in (0, 1)), region)
-        at = xp.asarray(region)
-        halves = []
-        for h in (0, 1):
-            table = {name: (mean.reshape(3, -1)[:, at], var.reshape(3, -1)[:, at], n)
-                     for name, (mean, var, n) in strata.family_table(h).items()}
-            halves.append(strata.sigma(strata.mixture(table)[1], 0.0))
+        halves = [strata.sigma(strata.mixture(strata.family_table(h, region))[1], 0.0)
+                  for h in (0, 1)]
         return split_half_precision(*halves, np.arange(region.size))
 
     def family_variances(self, M: np.ndarray, region: np.ndarray) -> list[float] | None:
@@ -161,9 +157,9 @@ class SampleStatistics:
         (None before every family has 2 samples)."""
         if self.strata is None or min(self.strata.counts()) < 2:
             return None
-        table = self.strata.family_table()
-        return [float(np.maximum(to_numpy(table[n][1].sum(0)).ravel()[region].astype(np.float64),
-                                 0).mean()) for n in self.strata.names]
+        table = self.strata.family_table(voxels=region)  # scores read only the region
+        return [float(np.maximum(to_numpy(table[n][1].sum(0)).astype(np.float64), 0).mean())
+                for n in self.strata.names]
 
     def finalise(self, M: np.ndarray) -> GridMaps:
         if self.strata is not None:

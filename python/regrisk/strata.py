@@ -60,6 +60,7 @@ class Strata:
         self.spacing = np.linalg.norm(self.M, axis=0)
         self.strata: dict[str, _Stratum] = {}
         self._buffer: Array | None = None  # g + d of the sample being folded in
+        self._scratch: dict[str, _Half] = {}  # merged halves (see _merged)
         for fam in families:
             dense = control and isinstance(fam, BSpline)
             self.strata[fam.name] = _Stratum(
@@ -93,34 +94,58 @@ class Strata:
         return self.xp.add(g, d, out=self._buffer)
 
     def _merged(self, name: str) -> _Half:
+        """Both halves of a family in one set of accumulators: scratch kept between calls
+        (refilled in place, so each call costs no fresh 72 MB of pages at 128^3)."""
         a, b = self.strata[name].halves
-        out = self._half(a.d is not None)
+        out = self._scratch.get(name)
+        if out is None:
+            out = self._scratch[name] = self._half(a.d is not None)
         for dst, src_a, src_b in zip(out.accumulators(), a.accumulators(), b.accumulators()):
-            dst.merge(src_a).merge(src_b)
+            dst.clear().merge(src_a).merge(src_b)
         return out
 
     def _axis_var(self, acc: Welford) -> Array:
         s = acc.axis_sigma(self.M)
-        return s * s
+        return self.xp.multiply(s, s, out=s)
 
-    def family_moments(self, name: str, half: int | None = None) -> tuple[Array, Array, int]:
+    def family_moments(self, name: str, half: int | None = None,
+                       voxels: Array | None = None) -> tuple[Array, Array, int]:
         """(mean (3, ...) voxels, variance (3, ...) per world axis, count) of one family,
-        from every sample or one half; a half of one sample has no variance (zeros)."""
-        h = self.strata[name].halves[half] if half is not None else self._merged(name)
-        n = h.g.count
-        if n < 2:
-            return h.g.mean, self.xp.zeros((3, *self.grid), dtype=np.float32), n
-        var = self._axis_var(h.g)
-        known = self.strata[name].known
-        if known is not None:
-            var = controlled_variance(var, self._axis_var(h.d), self._axis_var(h.gd), known,
-                                      self.spacing, self.control_mm)
-        return h.g.mean, var, n
+        from every sample or one half; a half of one sample has no variance (zeros).
+        ``voxels`` (flat indices): only those voxels, as (3, len(voxels)) arrays; a family
+        without a control is then read at those voxels alone (every step is per voxel), a
+        controlled one needs its whole grid first (its slope is smoothed across voxels)."""
+        stratum = self.strata[name]
+        if voxels is not None and stratum.known is None:
+            parts = [stratum.halves[half]] if half is not None else list(stratum.halves)
+            g = parts[0].g.at(voxels)
+            for part in parts[1:]:
+                g.merge(part.g.at(voxels))
+            return self._moments(g, None, None, None, (3, len(voxels)))
+        h = stratum.halves[half] if half is not None else self._merged(name)
+        mean, var, n = self._moments(h.g, h.d, h.gd, stratum.known, (3, *self.grid))
+        if voxels is None:
+            return mean, var, n
+        at = self.xp.asarray(voxels)
+        return mean.reshape(3, -1)[:, at], var.reshape(3, -1)[:, at], n
 
-    def family_table(self, half: int | None = None) -> dict[str, tuple[Array, Array, int]]:
-        """:meth:`family_moments` of every family with a sample (in all, or in ``half``)."""
+    def _moments(self, g: Welford, d: Welford | None, gd: Welford | None, known: Array | None,
+                 shape: tuple[int, ...]) -> tuple[Array, Array, int]:
+        n = g.count
+        if n < 2:
+            return g.mean.reshape(shape), self.xp.zeros(shape, dtype=np.float32), n
+        var = self._axis_var(g)
+        if known is not None:
+            var = controlled_variance(var, self._axis_var(d), self._axis_var(gd), known,
+                                      self.spacing, self.control_mm)
+        return g.mean.reshape(shape), var.reshape(shape), n
+
+    def family_table(self, half: int | None = None,
+                     voxels: Array | None = None) -> dict[str, tuple[Array, Array, int]]:
+        """:meth:`family_moments` of every family with a sample (in all, or in ``half``),
+        over the whole grid or at ``voxels``."""
         totals = self.counts()
-        return {name: self.family_moments(name, half)
+        return {name: self.family_moments(name, half, voxels)
                 for name, total in zip(self.names, totals)
                 if (total if half is None else self.strata[name].halves[half].g.count) > 0}
 
