@@ -38,6 +38,14 @@ class Outcome:
         return self
 
 
+def in_thread(fn: Any, *args: Any) -> Future:
+    """``fn(*args)`` in a thread of its own, which ends with it."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="regrisk-aside")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
 def describe_samples(block: Block) -> str:
     ks = sorted(set(int(k) for k in block.index))
     return f"perturbed sample{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))} ({block.family})"
@@ -57,9 +65,14 @@ class Sampler:
         pair, done, precision = self.pair, 0, None
         region = precision_region(pair.T)
         bar = _progress_bar(plan.most * self.passes) if progress else None
+        rounds = _rounds(plan, len(pert.families), neyman)
+        ahead: Future | None = None  # the next round's allocation, computed beside a precision
         try:
-            for n, checkpoint in _rounds(plan, len(pert.families), neyman):
-                counts = self._allocation(n, pert, region) if neyman else None
+            for i, (n, checkpoint) in enumerate(rounds):
+                counts = None
+                if neyman:
+                    counts = ahead.result() if ahead is not None else self._allocation(n, pert, region)
+                    ahead = None
                 with self.clock.stage("draw"):
                     draws = pert.draw(n, pair.grid, pair.grid_to_mm, rng, design=design,
                                       counts=counts)
@@ -73,6 +86,9 @@ class Sampler:
                     return Outcome(done, None, "fixed K",
                                    self._family_samples() if neyman else None,
                                    self._precision_aside(region))
+                if neyman and pair.xp is np and i + 1 < len(rounds):
+                    # the same statistics, read by both: the cores idle between rounds
+                    ahead = in_thread(self._allocation, rounds[i + 1][0], pert, region)
                 with self.clock.stage("precision"):
                     precision = self.stats.precision(pair.grid_to_mm, region)
                 if bar is not None and precision is not None:
@@ -81,6 +97,8 @@ class Sampler:
                     return Outcome(done, precision, "precision reached",
                                    self._family_samples() if neyman else None)
         finally:
+            if ahead is not None:  # done with before the maps read the statistics again
+                ahead.result()
             if bar is not None:
                 bar.close()
         return Outcome(done, precision, "max samples reached" if plan.adaptive else "fixed K",
@@ -91,10 +109,7 @@ class Sampler:
         def measure() -> dict[str, float] | None:
             with self.clock.stage("precision"):
                 return self.stats.precision(self.pair.grid_to_mm, region)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="regrisk-precision")
-        future = pool.submit(measure)
-        pool.shutdown(wait=False)  # the thread ends with its one task
-        return future
+        return in_thread(measure)
 
     def _family_samples(self) -> dict[str, int] | None:
         strata = self.stats.strata
