@@ -19,9 +19,13 @@ Cases (random weights except the packaged default model; timings do not depend o
 - ``unigradicon``: uniGradICON at 175^3 (exported graph: monolithic in ONNX Runtime and torch,
   staged in OpenVINO).
 
+``--equal-precision`` adds, for each contender, the same estimator with ``samples="auto"``
+stopping at the split-half precision of the paper's estimator at K (the research script's map,
+same draws): the time to a map as precise as the script's.
+
 Run on the idle machine (one case at a time keeps memory low; each case exports its graph):
-    python benchmarks/backends.py --case unet --samples 50
-    python benchmarks/backends.py --case default --samples 50
+    python benchmarks/backends.py --case unet --samples 50 [--equal-precision]
+    python benchmarks/backends.py --case default --samples 50 [--equal-precision]
     python benchmarks/backends.py --case voxelmorph --case voxelmorph-staged --samples 50
     python benchmarks/backends.py --case unigradicon --samples 50
 Check that it runs (shrunk grids; the default model keeps its grid):
