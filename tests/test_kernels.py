@@ -501,6 +501,49 @@ def test_welford_at_some_voxels_is_the_whole_grid_read_there(xp, rng):
         a.at(on(xp, idx.reshape(4, 10)))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_controlled_update_is_the_three_updates_bit_for_bit(rng, batch, threads):
+    """The control variate's fused update (native, one pass) against the three accumulators
+    updated in turn with g, d and the float32 g + d, after earlier samples and into a cleared
+    accumulator; and against the float64 reference."""
+    shape = (17, 13, 11)
+    g0, d0 = field(rng, shape, 4.0, batch=2), field(rng, shape, 2.0, batch=2)
+    g, d = field(rng, shape, 4.0, batch=batch), field(rng, shape, 2.0, batch=batch)
+    fused = [K.Welford(shape, threads=threads) for _ in range(3)]
+    apart = [K.Welford(shape, threads=threads) for _ in range(3)]
+    refs = [R.Welford(shape) for _ in range(3)]
+    for accs in (fused, apart):
+        for acc, x in zip(accs, (g0, d0, g0 + d0)):
+            acc.update(x)
+    fused[2].clear().update(g0 + d0)  # a cleared accumulator is zeroed before the pass
+    K.update_controlled(*fused, g, d)
+    for acc, x in zip(apart, (g, d, g + d)):
+        acc.update(x)
+    for ref, x in zip(refs, (np.concatenate([g0, g]), np.concatenate([d0, d]),
+                             np.concatenate([g0 + d0, g + d]))):
+        ref.update(x)
+    for f, a, r in zip(fused, apart, refs):
+        assert f.count == a.count == 2 + batch
+        for got, want in zip(_state(f), _state(a)):
+            assert np.array_equal(got, want)
+        check_close(f.covariance, r.covariance, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="differs from g"):
+        K.update_controlled(*fused, g, d[:, :, :-1])
+    assert fused[0].count == 2 + batch  # nothing was folded in
+
+
+def test_controlled_update_out_of_step_takes_the_three_updates(rng):
+    shape = (4, 5, 6)
+    accs = [K.Welford(shape) for _ in range(3)]
+    accs[0].update(field(rng, shape, 1.0))  # counts 1, 0, 0: not one family's halves
+    g, d = field(rng, shape, 1.0, batch=2), field(rng, shape, 1.0, batch=2)
+    K.update_controlled(*accs, g, d)
+    assert [a.count for a in accs] == [3, 2, 2]
+    want = K.Welford(shape).update(g + d)
+    assert np.array_equal(accs[2].covariance, want.covariance)
+
+
 def test_a_cleared_welford_is_a_fresh_one(xp, rng):
     shape = (3, 4, 5)
     x, y = field(rng, shape, 1.0, batch=4), field(rng, shape, 5.0, batch=3)

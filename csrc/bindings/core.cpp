@@ -120,6 +120,32 @@ void bind_demons(py::module_& m) {
       py::arg("out"), py::arg("threads") = 0);
 }
 
+// CPU only (welford/welford.h says why).
+void bind_welford_controlled(py::module_& m) {
+  m.def(
+      "welford_update_controlled",
+      [](int64_t count_before, py::handle mean_g, py::handle m2_g, py::handle mean_d,
+         py::handle m2_d, py::handle mean_s, py::handle m2_s, py::handle g_obj, py::handle d_obj,
+         int threads) {
+        using regrisk::bindings::host_array;
+        const regrisk::WelfordState ga{host_array(mean_g, "mean_g"), host_array(m2_g, "m2_g")},
+            da{host_array(mean_d, "mean_d"), host_array(m2_d, "m2_d")},
+            sa{host_array(mean_s, "mean_sum"), host_array(m2_s, "m2_sum")};
+        const regrisk::Array g = host_array(g_obj, "g"), d = host_array(d_obj, "d");
+        regrisk::check_welford_update_controlled(
+            count_before, {&ga.mean, &ga.m2, &da.mean, &da.m2, &sa.mean, &sa.m2}, g, d);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::welford_update_controlled(count_before, ga, da, sa, g, d, team);
+      },
+      "In place: the accumulators of g, d and g + d (mean (3,N), m2 (6,N) each, count_before "
+      "samples) absorb g and d (B,3,N) and their float32 sum (csrc/welford/welford.h). threads: "
+      "OpenMP team size (0: the default).",
+      py::arg("count_before"), py::arg("mean_g"), py::arg("m2_g"), py::arg("mean_d"),
+      py::arg("m2_d"), py::arg("mean_sum"), py::arg("m2_sum"), py::arg("g"), py::arg("d"),
+      py::arg("threads") = 0);
+}
+
 // CPU only (warp/warp.h says why).
 void bind_warp_grid(py::module_& m) {
   m.def(
@@ -231,6 +257,7 @@ PYBIND11_MODULE(_core, m) {
   regrisk::bindings::bind_kernels<HostKernels>(m);
   bind_demons(m);
   bind_warp_grid(m);
+  bind_welford_controlled(m);
   bind_resample(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");

@@ -2,6 +2,7 @@
 // run before either build. Throws std::invalid_argument naming the argument.
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 #include "common/checks.h"
@@ -28,6 +29,23 @@ inline void check_welford_update(int64_t count_before, const Array& mean, const 
   expect_disjoint(mean, m2);
   expect_disjoint(mean, batch);
   expect_disjoint(m2, batch);
+}
+
+// welford_update_controlled: each state as welford_update checks it against g (and d), the
+// two batches of one shape, and no array shared between the three states.
+inline void check_welford_update_controlled(int64_t count_before,
+                                            const std::array<const Array*, 6>& states,
+                                            const Array& g, const Array& d) {
+  expect_array(g, 3);
+  for (int k = 0; k < 6; k += 2) {
+    expect_array(*states[k], 2, true);
+    expect_dim(*states[k], 1, g.dim(2), "voxels of g");
+    check_welford_update(count_before, *states[k], *states[k + 1], g);
+    check_welford_update(count_before, *states[k], *states[k + 1], d);
+  }
+  expect(d.dim(0) == g.dim(0), "d: must hold as many samples as g");
+  for (int a = 0; a < 6; ++a)
+    for (int b = a + 1; b < 6; ++b) expect_disjoint(*states[a], *states[b]);
 }
 
 inline void check_welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,

@@ -13,30 +13,47 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // voxels per block: 9 * 256 doubles stay in L1
 
+// A block of voxels' accumulator in double registers: loaded from the float32 storage once,
+// every sample of a batch folded in, stored back once.
+template <int64_t kN>
+struct BlockState {
+  double mu[3][kN], s[6][kN];
+
+  REGRISK_ALWAYS_INLINE void load(const float* mean, const float* m2, int64_t N, int64_t v0,
+                                  int64_t nv) {
+    for (int c = 0; c < 3; ++c)
+      for (int64_t v = 0; v < nv; ++v) mu[c][v] = mean[c * N + v0 + v];
+    for (int c = 0; c < 6; ++c)
+      for (int64_t v = 0; v < nv; ++v) s[c][v] = m2[c * N + v0 + v];
+  }
+  REGRISK_ALWAYS_INLINE void step(int64_t v, double inv_n, double x0, double x1, double x2) {
+    welford_step<double>(inv_n, x0, x1, x2, mu[0][v], mu[1][v], mu[2][v], s[0][v], s[1][v],
+                         s[2][v], s[3][v], s[4][v], s[5][v]);
+  }
+  REGRISK_ALWAYS_INLINE void store(float* mean, float* m2, int64_t N, int64_t v0,
+                                   int64_t nv) const {
+    for (int c = 0; c < 3; ++c)
+      for (int64_t v = 0; v < nv; ++v) mean[c * N + v0 + v] = static_cast<float>(mu[c][v]);
+    for (int c = 0; c < 6; ++c)
+      for (int64_t v = 0; v < nv; ++v) m2[c * N + v0 + v] = static_cast<float>(s[c][v]);
+  }
+};
+
 // One block of voxels [v0, v0 + nv) absorbs the whole batch. Built for AVX2 as well where
 // the compiler can (4 doubles per instruction instead of 2); the same IEEE operations run in
 // either build (no FMA contraction: the clone targets avx2 only), so results do not change.
 REGRISK_CPU_CLONES
 void update_block(int64_t count_before, float* mean, float* m2, int64_t N, const float* batch,
                   int64_t B, int64_t v0, int64_t nv) {
-  double mu[3][kBlock], s[6][kBlock];
-  for (int c = 0; c < 3; ++c)
-    for (int64_t v = 0; v < nv; ++v) mu[c][v] = mean[c * N + v0 + v];
-  for (int c = 0; c < 6; ++c)
-    for (int64_t v = 0; v < nv; ++v) s[c][v] = m2[c * N + v0 + v];
+  BlockState<kBlock> st;
+  st.load(mean, m2, N, v0, nv);
   for (int64_t b = 0; b < B; ++b) {
     const double inv_n = 1.0 / static_cast<double>(count_before + b + 1);
     const float* x = batch + b * 3 * N + v0;
 #pragma omp simd
-    for (int64_t v = 0; v < nv; ++v) {
-      welford_step<double>(inv_n, x[v], x[N + v], x[2 * N + v], mu[0][v], mu[1][v], mu[2][v],
-                           s[0][v], s[1][v], s[2][v], s[3][v], s[4][v], s[5][v]);
-    }
+    for (int64_t v = 0; v < nv; ++v) st.step(v, inv_n, x[v], x[N + v], x[2 * N + v]);
   }
-  for (int c = 0; c < 3; ++c)
-    for (int64_t v = 0; v < nv; ++v) mean[c * N + v0 + v] = static_cast<float>(mu[c][v]);
-  for (int c = 0; c < 6; ++c)
-    for (int64_t v = 0; v < nv; ++v) m2[c * N + v0 + v] = static_cast<float>(s[c][v]);
+  st.store(mean, m2, N, v0, nv);
 }
 
 // Chan's merge on one block of voxels, the arithmetic of chan_merge term for term; pointers
@@ -104,6 +121,38 @@ void axis_sigma_block(const AxisRows& rows, int r, double scale, const float* __
   }
 }
 
+// The control variate's three accumulators on one block: the states of g, d and g + d in
+// double registers (27 x 128 doubles: L1) while the batch streams through once; each sees the
+// steps update_block would give it, and g + d is formed in float32 as NumPy forms it.
+constexpr int64_t kControlledBlock = 128;
+
+struct Storage {
+  float* mean;
+  float* m2;
+};
+
+REGRISK_CPU_CLONES
+void controlled_block(int64_t count_before, const Storage acc[3], int64_t N,
+                      const float* __restrict g, const float* __restrict d, int64_t B,
+                      int64_t v0, int64_t nv) {
+  BlockState<kControlledBlock> st[3];
+  for (int a = 0; a < 3; ++a) st[a].load(acc[a].mean, acc[a].m2, N, v0, nv);
+  for (int64_t b = 0; b < B; ++b) {
+    const double inv_n = 1.0 / static_cast<double>(count_before + b + 1);
+    const float* xg = g + b * 3 * N + v0;
+    const float* xd = d + b * 3 * N + v0;
+#pragma omp simd
+    for (int64_t v = 0; v < nv; ++v) {
+      const float g0 = xg[v], g1 = xg[N + v], g2 = xg[2 * N + v];
+      const float d0 = xd[v], d1 = xd[N + v], d2 = xd[2 * N + v];
+      st[0].step(v, inv_n, g0, g1, g2);
+      st[1].step(v, inv_n, d0, d1, d2);
+      st[2].step(v, inv_n, g0 + d0, g1 + d1, g2 + d2);  // float32 sums, as NumPy's g + d
+    }
+  }
+  for (int a = 0; a < 3; ++a) st[a].store(acc[a].mean, acc[a].m2, N, v0, nv);
+}
+
 }  // namespace
 
 void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
@@ -114,6 +163,22 @@ void welford_update(int64_t count_before, const Array& mean, const Array& m2, co
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t v0 = blk * kBlock, nv = (v0 + kBlock <= N) ? kBlock : N - v0;
     update_block(count_before, mean.out(), m2.out(), N, batch.in(), B, v0, nv);
+  }
+}
+
+void welford_update_controlled(int64_t count_before, const WelfordState& g_acc,
+                               const WelfordState& d_acc, const WelfordState& sum_acc,
+                               const Array& g, const Array& d, Threads threads) {
+  const int64_t N = g_acc.mean.dim(1), B = g.dim(0);
+  const int64_t blocks = (N + kControlledBlock - 1) / kControlledBlock;
+  const Storage acc[3] = {{g_acc.mean.out(), g_acc.m2.out()}, {d_acc.mean.out(), d_acc.m2.out()},
+                          {sum_acc.mean.out(), sum_acc.m2.out()}};
+#pragma omp parallel for schedule(dynamic, cpu::chunk_for(kControlledBlock * (B + 1))) \
+    num_threads(cpu::team_for(threads.n, N))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t v0 = blk * kControlledBlock;
+    const int64_t nv = (v0 + kControlledBlock <= N) ? kControlledBlock : N - v0;
+    controlled_block(count_before, acc, N, g.in(), d.in(), B, v0, nv);
   }
 }
 

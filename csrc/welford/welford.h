@@ -123,6 +123,17 @@ void welford_update(int64_t count_before, const Array& mean, const Array& m2, co
 void welford_update(int64_t count_before, const Array& mean, const Array& m2, const Array& batch,
                     Stream stream);
 
+// In place, CPU only: three accumulators, each holding count_before samples, absorb a
+// perturbation family's composed samples g, its displacements d and their float32 sums g + d
+// (each (B, 3, N)): three welford_update calls and NumPy's g + d, in one pass over the voxels
+// (the control variate's accumulators, regrisk.strata). A GPU run keeps the three calls.
+struct WelfordState {
+  Array mean, m2;
+};
+void welford_update_controlled(int64_t count_before, const WelfordState& g_acc,
+                               const WelfordState& d_acc, const WelfordState& sum_acc,
+                               const Array& g, const Array& d, Threads threads);
+
 // In place into a: (n_a, mean_a, m2_a) absorbs (n_b, mean_b, m2_b).
 void welford_merge(int64_t n_a, const Array& mean_a, const Array& m2_a, int64_t n_b,
                    const Array& mean_b, const Array& m2_b, Threads threads);

@@ -487,14 +487,17 @@ class Welford:
         if tuple(batch.shape[-3:]) != self.shape:
             raise ValueError(f"batch: grid {tuple(batch.shape[-3:])} differs from the accumulator's {self.shape}")
         b5 = _as5(batch)
-        if self._stale:
-            self._mean.fill(0)
-            self._m2.fill(0)
-            self._stale = False
+        self._zero_if_stale()
         self._impl.welford_update(self._count, self._mean, self._m2,
                                   b5.reshape(b5.shape[0], 3, -1))
         self._count += int(b5.shape[0])
         return self
+
+    def _zero_if_stale(self) -> None:
+        if self._stale:
+            self._mean.fill(0)
+            self._m2.fill(0)
+            self._stale = False
 
     def at(self, voxels: Any) -> "Welford":
         """A copy of the state at some voxels only (flat indices): an accumulator on a
@@ -573,6 +576,39 @@ class Welford:
 
     def __repr__(self) -> str:
         return f"Welford(shape={self.shape}, count={self._count}, on={self._xp.__name__})"
+
+
+def update_controlled(g_acc: Welford, d_acc: Welford, sum_acc: Welford, g: Any, d: Any) -> None:
+    """``g_acc``, ``d_acc`` and ``sum_acc`` absorb the samples ``g``, the displacements ``d``
+    and ``g + d`` (float32): a controlled family's three updates (regrisk.strata), bit for bit,
+    in one pass over the voxels on the CPU; on CuPy, or with accumulators out of step, the
+    three updates themselves."""
+    accs = (g_acc, d_acc, sum_acc)
+    for name, a in zip(("g_acc", "d_acc", "sum_acc"), accs):
+        if not isinstance(a, Welford):
+            raise ValueError(f"{name}: expected a Welford accumulator, got {type(a).__name__}")
+    if tuple(getattr(d, "shape", ())) != tuple(getattr(g, "shape", (None,))):
+        raise ValueError(f"d: shape {tuple(getattr(d, 'shape', ()))} differs from g's "
+                         f"{tuple(getattr(g, 'shape', ()))}")
+    native = (all(a._xp is np and a.shape == g_acc.shape and a.count == g_acc.count for a in accs)
+              and isinstance(g, np.ndarray) and isinstance(d, np.ndarray))
+    if not native:
+        g_acc.update(g)
+        d_acc.update(d)
+        sum_acc.update(g + d)
+        return
+    for name, batch in (("g", g), ("d", d)):
+        _check_field(name, batch, np)
+        if tuple(batch.shape[-3:]) != g_acc.shape:
+            raise ValueError(f"{name}: grid {tuple(batch.shape[-3:])} differs from the accumulators' {g_acc.shape}")
+    g5, d5 = _as5(g), _as5(d)
+    for a in accs:
+        a._zero_if_stale()
+    g_acc._impl.welford_update_controlled(  # g_acc's thread count
+        g_acc.count, g_acc._mean, g_acc._m2, d_acc._mean, d_acc._m2, sum_acc._mean, sum_acc._m2,
+        g5.reshape(g5.shape[0], 3, -1), d5.reshape(d5.shape[0], 3, -1))
+    for a in accs:
+        a._count += int(g5.shape[0])
 
 
 # --- threads and build ----------------------------------------------------------------------

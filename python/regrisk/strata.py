@@ -19,7 +19,7 @@ import numpy as np
 from .allocation import mixture_moments
 from .controls import POOL_MM, controlled_variance, known_variance
 from .errors import InputError
-from .kernels import Bound, Welford
+from .kernels import Bound, Welford, update_controlled
 from .perturbations import BSpline
 from .variance import pool_covariance
 
@@ -59,7 +59,6 @@ class Strata:
         self.control_mm = float(control_mm)
         self.spacing = np.linalg.norm(self.M, axis=0)
         self.strata: dict[str, _Stratum] = {}
-        self._buffer: Array | None = None  # g + d of the sample being folded in
         self._scratch: dict[str, _Half] = {}  # merged halves (see _merged)
         for fam in families:
             dense = control and isinstance(fam, BSpline)
@@ -78,20 +77,13 @@ class Strata:
         stratum = self.strata[family]
         for j in range(g.shape[0]):
             half = stratum.halves[stratum.seen % 2]
-            half.g.update(g[j:j + 1])
-            if half.d is not None:
-                if fields is None:
-                    raise InputError(f"family {family}: a controlled family needs its fields")
-                half.d.update(fields[j:j + 1])
-                half.gd.update(self._sum(g[j:j + 1], fields[j:j + 1]))
+            if half.d is None:
+                half.g.update(g[j:j + 1])
+            elif fields is None:
+                raise InputError(f"family {family}: a controlled family needs its fields")
+            else:  # g, d and g + d in one pass
+                update_controlled(half.g, half.d, half.gd, g[j:j + 1], fields[j:j + 1])
             stratum.seen += 1
-
-    def _sum(self, g: Array, d: Array) -> Array:
-        """g + d in a buffer kept between samples (a fresh 3-field array per sample is new
-        pages to fault in: 24 MB at 128^3)."""
-        if self._buffer is None or self._buffer.shape != g.shape:
-            self._buffer = self.xp.empty_like(g)
-        return self.xp.add(g, d, out=self._buffer)
 
     def _merged(self, name: str) -> _Half:
         """Both halves of a family in one set of accumulators: scratch kept between calls
