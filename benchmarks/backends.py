@@ -261,7 +261,6 @@ def _equal_precision_rows(rows: list[dict], source: Any, target: Any,
         out.append({**row, "label": f"{row['label']}, samples auto to the script's precision "
                                     f"{p:.3f}", "shared": True, "wall": float("inf"),
                     "kw": {"samples": "auto", "precision": p, "max_samples": 4 * args.samples}})
-        out[-1].pop("walls", None)
     return out
 
 

@@ -483,15 +483,19 @@ class Welford:
 
     def update(self, batch: Any) -> "Welford":
         """Fold in samples: (B,3,D,H,W), or one (3,D,H,W) field."""
-        _check_field("batch", batch, self._xp)
-        if tuple(batch.shape[-3:]) != self.shape:
-            raise ValueError(f"batch: grid {tuple(batch.shape[-3:])} differs from the accumulator's {self.shape}")
-        b5 = _as5(batch)
+        b3 = self._samples("batch", batch)
         self._zero_if_stale()
-        self._impl.welford_update(self._count, self._mean, self._m2,
-                                  b5.reshape(b5.shape[0], 3, -1))
-        self._count += int(b5.shape[0])
+        self._impl.welford_update(self._count, self._mean, self._m2, b3)
+        self._count += int(b3.shape[0])
         return self
+
+    def _samples(self, name: str, batch: Any) -> Any:
+        """A checked batch of fields on this grid, as the (B, 3, N) the kernels take."""
+        _check_field(name, batch, self._xp)
+        if tuple(batch.shape[-3:]) != self.shape:
+            raise ValueError(f"{name}: grid {tuple(batch.shape[-3:])} differs from the accumulator's {self.shape}")
+        b5 = _as5(batch)
+        return b5.reshape(b5.shape[0], 3, -1)
 
     def _zero_if_stale(self) -> None:
         if self._stale:
@@ -597,18 +601,14 @@ def update_controlled(g_acc: Welford, d_acc: Welford, sum_acc: Welford, g: Any, 
         d_acc.update(d)
         sum_acc.update(g + d)
         return
-    for name, batch in (("g", g), ("d", d)):
-        _check_field(name, batch, np)
-        if tuple(batch.shape[-3:]) != g_acc.shape:
-            raise ValueError(f"{name}: grid {tuple(batch.shape[-3:])} differs from the accumulators' {g_acc.shape}")
-    g5, d5 = _as5(g), _as5(d)
+    g3, d3 = g_acc._samples("g", g), g_acc._samples("d", d)
     for a in accs:
         a._zero_if_stale()
     g_acc._impl.welford_update_controlled(  # g_acc's thread count
         g_acc.count, g_acc._mean, g_acc._m2, d_acc._mean, d_acc._m2, sum_acc._mean, sum_acc._m2,
-        g5.reshape(g5.shape[0], 3, -1), d5.reshape(d5.shape[0], 3, -1))
+        g3, d3)
     for a in accs:
-        a._count += int(g5.shape[0])
+        a._count += int(g3.shape[0])
 
 
 # --- threads and build ----------------------------------------------------------------------
