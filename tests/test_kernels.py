@@ -650,3 +650,26 @@ def test_build_info_reports_openmp():
     info = K.build_info()
     assert set(info) >= {"openmp", "cuda_module", "compiler", "flags"}
     assert isinstance(info["openmp"], bool) and isinstance(info["cuda_module"], bool)
+
+
+def test_cpu_axis_sigma_is_mapped_variances_formula_bit_for_bit(rng):
+    """The CPU's blocked axis-sigma loop against welford.h's mapped_variances written out in
+    float64 NumPy in its order of operations (IEEE, no fused multiply-add): the same bits,
+    NaN kept NaN and rounding residue clamped at 0."""
+    shape = (9, 11, 37)
+    acc = K.Welford(shape, threads=2).update(field(rng, shape, 3.0, batch=5))
+    acc._m2[:, 7] = np.nan
+    acc._m2[0, 8] = -1e-6  # a negative variance term: clamped, not a NaN from sqrt
+    M = rng.standard_normal((3, 3))
+    q = acc._m2.astype(np.float64) * (1.0 / (acc.count - 1))
+    m = M.astype(np.float32).astype(np.float64)
+    want = []
+    for r in range(3):
+        a, b, c = m[r]
+        v = (a * a * q[0] + b * b * q[3] + c * c * q[5]
+             + 2.0 * (a * b * q[1] + a * c * q[2] + b * c * q[4]))
+        v = np.where(v < 0, 0.0, v)
+        want.append(np.sqrt(v).astype(np.float32))
+    got = acc.axis_sigma(M).reshape(3, -1)
+    assert np.array_equal(got, np.stack(want), equal_nan=True)
+    assert np.isnan(got[:, 7]).all()
