@@ -10,7 +10,8 @@ options: ``openvino_device`` ("CPU" default; "GPU", "NPU" where OpenVINO finds o
 cross as NumPy), ``precision`` ("auto" default: bf16 for graphs whose map was measured to keep
 it, ``BF16_MEASURED``, on CPUs that compute bf16 natively, else f32; "f32", "bf16" or "f16"
 force OpenVINO's inference precision hint), ``gridsample`` ("staged" default, or "rewrite"),
-``lanes`` (below),
+``lanes`` (below), ``fold_upsampling`` (True default: nearest 2x resizes folded into the
+convolutions that read them, ``backends.upsample_fold``; the same outputs to float32 rounding),
 ``native`` (True default: in a staged graph, regions regrisk runs natively:
 ``backends.native_normalize``, ``native_demons``, ``native_resize``), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
@@ -52,6 +53,7 @@ from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
 from .staged import Native, StagedGraph, split
+from .upsample_fold import fold_upsampling
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 # Graphs whose map was measured to survive bf16 (benchmarks/precision.py at K = 50, Spearman of
@@ -138,6 +140,8 @@ class OpenVinoBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
         self._models: dict[int, Any] = {}
         self.native = bool(options.get("native", True))
+        self.fold = bool(options.get("fold_upsampling", True))
+        self.folded = 0
         self.fused: list[str] = []
         self._specs: dict[str, Any] = {}
         self.staged: StagedGraph | None = None
@@ -146,6 +150,8 @@ class OpenVinoBackend(Backend):
         if plan_key and self._load_plan(plan_key):
             return
         graph = _onnx_model(model)
+        if self.fold:
+            self.folded = fold_upsampling(graph)
         cuts = five_d_gridsamples(graph)
         self._settle_lanes(bool(cuts) and self.gridsample_mode == "staged")
         self.gridsample = None if not cuts else self.gridsample_mode
@@ -163,13 +169,14 @@ class OpenVinoBackend(Backend):
     def _plan_key(self, model: ModelSource) -> str | None:
         if not self.cache_dir or self.gridsample_mode != "staged" or self.fixed_batch is not None:
             return None
-        return staged_plan.plan_key(_sha256(model), self.grid, {"native": self.native})
+        return staged_plan.plan_key(_sha256(model), self.grid,
+                                    {"native": self.native, "fold": self.fold})
 
     def _load_plan(self, key: str) -> bool:
         plan = staged_plan.load(self.cache_dir, key, self.threads)
         if plan is None:
             return False
-        parts, shapes, self.fused = plan
+        parts, shapes, self.fused, self.folded = plan
         self._settle_lanes(staged=True)
         self.staged = StagedGraph(parts, self._compile_stage, self.threads)
         self.staged.precompile(shapes)  # a graph OpenVINO cannot take fails here
@@ -183,7 +190,7 @@ class OpenVinoBackend(Backend):
                    if isinstance(p, Native)}
         try:
             staged_plan.save(self.cache_dir, key, parts, natives, self.staged.stage_shapes(),  # type: ignore[union-attr]
-                             self.fused)
+                             self.fused, self.folded)
             self.plan = "saved"
         except OSError:  # a full or read-only cache: the next process cuts the graph again
             pass
@@ -326,6 +333,7 @@ class OpenVinoBackend(Backend):
         if runs_at:  # e.g. "bf16+f32": a staged graph's network stages and the others
             info["runs_at"] = "+".join(runs_at)
         info["precision_requested"] = self.requested
+        info["folded_upsamplings"] = self.folded
         if self.gridsample is not None:
             info["gridsample"] = self.gridsample
             if self.staged is not None:

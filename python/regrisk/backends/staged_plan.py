@@ -24,18 +24,18 @@ from typing import Any
 from . import native_demons, native_normalize, native_resize
 from .staged import Native, Sample, Stage
 
-FORMAT = 1
+FORMAT = 2  # 2: the folded upsamplings' count
 NATIVE_MODULES = {m.OP: m for m in (native_normalize, native_demons, native_resize)}
 
 
 @functools.cache
 def _code_hash() -> str:
     """The source of every module whose output a plan holds (read once per process)."""
-    from . import gridsample, native_regions, openvino, staged
+    from . import gridsample, native_regions, openvino, staged, upsample_fold
 
     digest = hashlib.sha256()
     for module in (staged, gridsample, openvino, native_regions, native_normalize, native_demons,
-                   native_resize):
+                   native_resize, upsample_fold):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
@@ -47,15 +47,16 @@ def plan_key(model_sha256: str, grid: tuple[int, ...], options: dict[str, Any]) 
 
 
 def save(folder: str, key: str, parts: list[Any], natives: dict[int, tuple[str, Any]],
-         shapes: dict[int, dict[str, tuple[int, ...]]], fused: list[str]) -> None:
+         shapes: dict[int, dict[str, tuple[int, ...]]], fused: list[str], folded: int = 0) -> None:
     """Writes the plan as ``folder/plan-<key>/`` (built aside, then renamed into place whole;
     a damaged plan of the same key is replaced).
-    ``natives``: part index -> (op, spec); ``shapes``: stage index -> its inputs' shapes."""
+    ``natives``: part index -> (op, spec); ``shapes``: stage index -> its inputs' shapes;
+    ``folded``: upsamplings folded into convolutions (``backends.upsample_fold``)."""
     root = Path(folder)
     final = root / f"plan-{key}"
     tmp = Path(tempfile.mkdtemp(prefix=".plan-", dir=root))
     try:
-        _write(tmp, parts, natives, shapes, fused)
+        _write(tmp, parts, natives, shapes, fused, folded)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -70,7 +71,7 @@ def save(folder: str, key: str, parts: list[Any], natives: dict[int, tuple[str, 
 
 
 def _write(tmp: Path, parts: list[Any], natives: dict[int, tuple[str, Any]],
-           shapes: dict[int, dict[str, tuple[int, ...]]], fused: list[str]) -> None:
+           shapes: dict[int, dict[str, tuple[int, ...]]], fused: list[str], folded: int) -> None:
     entries = []
     for i, part in enumerate(parts):
         if isinstance(part, Stage):
@@ -85,12 +86,12 @@ def _write(tmp: Path, parts: list[Any], natives: dict[int, tuple[str, Any]],
             entries.append({"kind": "native", "inputs": part.inputs, "outputs": part.outputs,
                             "op": op, "spec": value})
     (tmp / "plan.json").write_text(json.dumps({"format": FORMAT, "parts": entries,
-                                               "fused": fused}))
+                                               "fused": fused, "folded": folded}))
 
 
 def load(folder: str, key: str, threads: int | None
-         ) -> tuple[list[Any], dict[int, dict[str, tuple[int, ...]]], list[str]] | None:
-    """(parts, stage shapes, fused ops) of a saved plan; None if there is none or it cannot be
+         ) -> tuple[list[Any], dict[int, dict[str, tuple[int, ...]]], list[str], int] | None:
+    """(parts, stage shapes, fused ops, folded upsamplings) of a saved plan; None if there is none or it cannot be
     read."""
     import onnx
 
@@ -114,7 +115,7 @@ def load(folder: str, key: str, threads: int | None
                 module = NATIVE_MODULES[e["op"]]
                 parts.append(Native(tuple(e["inputs"]), tuple(e["outputs"]),
                                     module.runner(_spec(module, e["spec"]), threads)))
-        return parts, shapes, list(plan["fused"])
+        return parts, shapes, list(plan["fused"]), int(plan["folded"])
     except Exception:  # absent, partial, damaged (protobuf's DecodeError too): cut again
         return None
 
