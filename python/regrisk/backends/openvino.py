@@ -99,10 +99,28 @@ class _Compiled:
     def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         # np.require, not ascontiguousarray: that makes a 0-d array (a scalar feed) 1-d
         request = self.request  # this thread's
+        bound = self._bind(request)
         request.infer({k: np.require(v, requirements="C") for k, v in feeds.items()},
                       share_inputs=True)
-        # copies: the request reuses its output buffers at the next call
-        return {n: np.array(request.get_tensor(n).data) for n in self.outputs}
+        # an output without a static shape: a copy (the request reuses its buffer next call)
+        return {n: bound[n] if n in bound else np.array(request.get_tensor(n).data)
+                for n in self.outputs}
+
+    def _bind(self, request: Any) -> dict[str, np.ndarray]:
+        """Fresh arrays the request writes its f32 outputs of static shape into (no copy of
+        ~100 MB per call afterwards); each call binds new ones, so an array handed out is never
+        written again. Kept here until the next call: the request points into them."""
+        import openvino as ov
+
+        bound = {}
+        for name in self.outputs:
+            port = self.compiled.output(name)
+            shape = port.get_partial_shape()
+            if shape.is_static and port.get_element_type() == ov.Type.f32:
+                bound[name] = np.empty(tuple(shape.to_shape()), np.float32)
+                request.set_tensor(port, ov.Tensor(bound[name], shared_memory=True))
+        self._local.bound = bound
+        return bound
 
 
 class OpenVinoBackend(Backend):
