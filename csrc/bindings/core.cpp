@@ -14,6 +14,8 @@
 // The ops (bind_kernels calls their Threads overloads, the C++/OpenMP builds), then the shared
 // binding.
 #include "bspline/bspline.h"
+#include "conv/checks.h"
+#include "conv/conv.h"
 #include "demons/checks.h"
 #include "demons/demons.h"
 #include "compose/compose.h"
@@ -197,6 +199,26 @@ void bind_resample(py::module_& m) {
       py::arg("volume"), py::arg("factor"), py::arg("out"), py::arg("threads") = 0);
 }
 
+void bind_conv(py::module_& m) {
+  using regrisk::bindings::host_array;
+  m.def(
+      "conv3x3x3",
+      [](py::handle volume_obj, py::handle weight_obj, py::handle bias_obj, py::handle out_obj,
+         int threads) {
+        const regrisk::Array volume = host_array(volume_obj, "volume"),
+                             weight = host_array(weight_obj, "weight"),
+                             bias = host_array(bias_obj, "bias"), out = host_array(out_obj, "out");
+        regrisk::check_conv3x3x3(volume, weight, bias, out);
+        const regrisk::Threads team{checked_threads(threads, "threads", 0)};
+        py::gil_scoped_release nogil;
+        regrisk::conv3x3x3(volume, weight, bias, out, team);
+      },
+      "out = bias + the 3x3x3 convolution of volume (B, C, D, H, W) with weight (O, C, 3, 3, 3), "
+      "zero padding 1 (csrc/conv/conv.h). threads: OpenMP team size (0: the default).",
+      py::arg("volume"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+      py::arg("threads") = 0);
+}
+
 void set_num_threads(int n) { regrisk::cpu::set_default_threads(checked_threads(n, "n", 1)); }
 
 // Compiler settings that shape the kernels' code: optimisation, assertions, baseline ISA.
@@ -259,6 +281,7 @@ PYBIND11_MODULE(_core, m) {
   bind_warp_grid(m);
   bind_welford_controlled(m);
   bind_resample(m);
+  bind_conv(m);
   m.def("set_num_threads", &set_num_threads, py::arg("n"),
         "Team size of calls that pass threads=0 (1 to 4096; results do not depend on it).");
   m.def("get_num_threads", &regrisk::cpu::default_threads);

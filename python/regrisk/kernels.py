@@ -405,6 +405,20 @@ def average_pool(volume: Any, factor: int, threads: int | None = None) -> Any:
     _core.average_pool(volume, int(factor), out, _threads(threads))
     return out
 
+def conv3x3x3(volume: Any, weight: Any, bias: Any, threads: int | None = None) -> Any:
+    """bias + the 3x3x3 convolution (zero padding 1, stride 1) of a (B,C,D,H,W) float32 volume
+    with a (O,C,3,3,3) float32 weight: a network's last layer (ONNX ``Conv``). Returns
+    (B,O,D,H,W), equal to reference.conv3x3x3 to float32 rounding (fused multiply-adds where
+    the CPU has them) and the same bits whatever the thread count. NumPy only."""
+    _host_only("conv3x3x3", volume=volume, weight=weight, bias=bias)
+    _check_array("volume", volume, np, (5,))
+    _check_array("weight", weight, np, (5,))
+    _check_array("bias", bias, np, (1,))
+    out = np.empty((volume.shape[0], weight.shape[0], *volume.shape[2:]), np.float32)
+    _core.conv3x3x3(volume, weight, bias, out, _threads(threads))
+    return out
+
+
 def _host_only(op: str, **arrays: Any) -> None:
     for name, a in arrays.items():
         if _is_cupy(a):

@@ -330,6 +330,27 @@ def upsample2(volume: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u)
 
 
+def conv3x3x3(volume: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Reference of kernels.conv3x3x3: out[:, o] = bias[o] + the sum over input channels c, then
+    taps (a, b, e) in that order, of weight[o, c, a, b, e] times the zero-padded volume shifted
+    by (a - 1, b - 1, e - 1), each product added in float32 (padding taps add a product with
+    0)."""
+    x = np.asarray(volume, dtype=np.float32)
+    w = np.asarray(weight, dtype=np.float32)
+    B, C, D, H, W = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (1, 1)))
+    out = np.empty((B, w.shape[0], D, H, W), np.float32)
+    for o in range(w.shape[0]):
+        acc = np.full((B, D, H, W), np.float32(bias[o]), np.float32)
+        for c in range(C):
+            for a in range(3):
+                for b in range(3):
+                    for e in range(3):
+                        acc += w[o, c, a, b, e] * padded[:, c, a:a + D, b:b + H, e:e + W]
+        out[:, o] = acc
+    return out
+
+
 def average_pool(volume: np.ndarray, factor: int) -> np.ndarray:
     """Reference of kernels.average_pool: the mean of each factor^3 block of (B, C, D, H, W),
     stride factor, trailing remainders dropped (ONNX AveragePool without padding); summed in

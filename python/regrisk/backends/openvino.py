@@ -12,8 +12,9 @@ it, ``BF16_MEASURED``, on CPUs that compute bf16 natively, else f32; "f32", "bf1
 force OpenVINO's inference precision hint), ``gridsample`` ("staged" default, or "rewrite"),
 ``lanes`` (below), ``fold_upsampling`` (True default: nearest 2x resizes folded into the
 convolutions that read them, ``backends.upsample_fold``; the same outputs to float32 rounding),
-``native`` (True default: in a staged graph, regions regrisk runs natively:
-``backends.native_normalize``, ``native_demons``, ``native_resize``), ``cache_dir`` (OpenVINO's
+``native`` (True default: regions regrisk runs natively: ``backends.native_normalize``,
+``native_demons``, ``native_resize`` in a staged graph, and on CPUs ``native_head``, a last
+3x3x3 convolution to the field, in any graph), ``cache_dir`` (OpenVINO's
 compiled-model cache: by default ``$REGRISK_CACHE_DIR/openvino``, else
 ``$XDG_CACHE_HOME/regrisk/openvino``, else ``~/.cache/regrisk/openvino``; ``""`` turns it off).
 The cache shortens compilation (the staged default model: 11 s -> 4.5 s at the second run)
@@ -47,12 +48,12 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
-from . import (Array, Backend, ModelSource, native_demons, native_normalize, native_resize,
-               staged_plan)
+from . import (Array, Backend, ModelSource, native_demons, native_head, native_normalize,
+               native_resize, staged_plan)
 from .feeds import check_feeds
 from .gridsample import five_d_gridsamples, rewrite_gridsample
 from .onnxruntime import cpu_cores
-from .staged import Native, StagedGraph, split
+from .staged import Native, Sample, StagedGraph, split
 from .upsample_fold import fold_upsampling
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
@@ -177,6 +178,8 @@ class OpenVinoBackend(Backend):
             rewrite_gridsample(graph)
         if cuts and self.gridsample_mode == "staged":
             self.staged = self._staged(graph, {graph.graph.node[i].output[0] for i in cuts})
+        elif self.native and self.target == "CPU" and native_head.fuse(graph) is not None:
+            self.staged = self._staged(graph, set())  # the network, then its last layer here
         else:
             self.network = self._read(graph.SerializeToString())
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
@@ -195,7 +198,7 @@ class OpenVinoBackend(Backend):
         if plan is None:
             return False
         parts, shapes, self.fused, self.folded = plan
-        self._settle_lanes(staged=True)
+        self._settle_lanes(staged=any(isinstance(p, Sample) for p in parts))
         self.staged = StagedGraph(parts, self._compile_stage, self.threads)
         self.staged.precompile(shapes)  # a graph OpenVINO cannot take fails here
         self.gridsample, self.plan = "staged", "cached"
@@ -216,11 +219,15 @@ class OpenVinoBackend(Backend):
     def _staged(self, graph: Any, samplers: set[str]) -> StagedGraph:
         """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
         default network's normalisation and demons, ``backends.native_normalize`` and
-        ``native_demons``) are one part each instead of ~100 backend nodes, and field resizes
-        (``native_resize``) run by regrisk's upsampling kernel. ``samplers``: the outputs of
-        the 5-D GridSample nodes, where the graph is cut."""
+        ``native_demons``) are one part each instead of ~100 backend nodes, field resizes
+        (``native_resize``) run by regrisk's upsampling kernel and a last 3x3x3 convolution to
+        the field (``native_head``, on CPUs) by its convolution kernel. ``samplers``: the
+        outputs of the 5-D GridSample nodes, where the graph is cut."""
         natives = {}
-        for module in (native_normalize, native_demons, native_resize) if self.native else ():
+        modules = (native_normalize, native_demons, native_resize)
+        if self.target == "CPU":
+            modules += (native_head,)
+        for module in modules if self.native else ():
             fused = module.fuse(graph)
             if fused is not None:
                 graph, spec = fused
@@ -354,10 +361,10 @@ class OpenVinoBackend(Backend):
         info["folded_upsamplings"] = self.folded
         if self.gridsample is not None:
             info["gridsample"] = self.gridsample
-            if self.staged is not None:
-                info.update(self.staged.counts)
-                info["native_parts"] = list(self.fused)
-                info["plan"] = self.plan
+        if self.staged is not None:
+            info.update(self.staged.counts)
+            info["native_parts"] = list(self.fused)
+            info["plan"] = self.plan
         return info
 
     def close(self) -> None:

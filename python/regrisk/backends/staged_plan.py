@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import native_demons, native_normalize, native_resize
+from . import native_demons, native_head, native_normalize, native_resize
 from .staged import Native, Sample, Stage
 
 FORMAT = 2  # 2: the folded upsamplings' count
-NATIVE_MODULES = {m.OP: m for m in (native_normalize, native_demons, native_resize)}
+NATIVE_MODULES = {m.OP: m for m in (native_normalize, native_demons, native_resize, native_head)}
 
 
 @functools.cache
@@ -35,7 +35,7 @@ def _code_hash() -> str:
 
     digest = hashlib.sha256()
     for module in (staged, gridsample, openvino, native_regions, native_normalize, native_demons,
-                   native_resize, upsample_fold):
+                   native_resize, native_head, upsample_fold):
         digest.update(Path(module.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()
