@@ -159,6 +159,11 @@ def contenders(case: Case) -> list[tuple[str, str, dict]]:
         bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         out.append(("openvino auto (the default)", "openvino", {}))
         out.append(("openvino auto, one lane (the default before lanes)", "openvino", {"lanes": 1}))
+        out.append(("openvino auto, upsampling not folded (before upsample_fold)", "openvino",
+                    {"fold_upsampling": False}))
+        if not warps:  # a whole graph: native=False only keeps its last layer in OpenVINO
+            out.append(("openvino auto, last layer in OpenVINO (before native_head)", "openvino",
+                        {"native": False}))
         out.append((f"openvino f32{mode}", "openvino", {"precision": "f32"}))
         if warps:  # staged as before the native parts (backends.native_*)
             out.append(("openvino f32 staged, no native parts", "openvino",
