@@ -150,3 +150,24 @@ def test_openvino_with_native_head_equals_onnxruntime(tmp_path, rng, tail) -> No
         assert info.get("native_parts", []) == (["FieldHead"] if native else [])
         assert info["lanes"] == 1  # a whole network and its head: not a GridSample-staged graph
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.skipif(unavailable("openvino") is not None, reason=f"openvino: {unavailable('openvino')}")
+def test_a_kept_plan_with_a_native_head(tmp_path, rng) -> None:
+    """The staged plan of a whole graph and its head: saved, then read back by the next
+    backend with the same outputs bit for bit and the same description (no GridSample, one
+    lane)."""
+    grid = (6, 8, 40)
+    path = tmp_path / "head.onnx"
+    onnx.save(_model(rng, grid), str(path))
+    resolved = model_loading.resolve(str(path))
+    feeds = {n: rng.random((1, 1, *grid), dtype=np.float32) for n in ("source", "target")}
+    runs = []
+    for _ in range(2):
+        with create_backend(resolved.source, resolved.card, name="openvino", threads=2,
+                            options={"cache_dir": str(tmp_path / "cache")}) as backend:
+            runs.append((backend.run(feeds), backend.describe()))
+    (first, saved), (second, cached) = runs
+    assert (saved.pop("plan"), cached.pop("plan")) == ("saved", "cached")
+    assert saved == cached and "gridsample" not in cached and cached["lanes"] == 1
+    assert np.array_equal(first, second)

@@ -198,10 +198,11 @@ class OpenVinoBackend(Backend):
         if plan is None:
             return False
         parts, shapes, self.fused, self.folded = plan
-        self._settle_lanes(staged=any(isinstance(p, Sample) for p in parts))
+        samples = any(isinstance(p, Sample) for p in parts)  # else staged for its head alone
+        self._settle_lanes(staged=samples)
         self.staged = StagedGraph(parts, self._compile_stage, self.threads)
         self.staged.precompile(shapes)  # a graph OpenVINO cannot take fails here
-        self.gridsample, self.plan = "staged", "cached"
+        self.gridsample, self.plan = ("staged" if samples else None), "cached"
         self._models[1] = self.staged
         return True
 
