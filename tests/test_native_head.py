@@ -95,8 +95,12 @@ def _model(rng: np.random.Generator, grid, *, out: int = 3, tail: str | None = "
              helper.make_node("Conv", ["x", "w1"], ["h"], kernel_shape=[3, 3, 3], pads=[1] * 6),
              helper.make_node("LeakyRelu", ["h"], ["f"], alpha=0.2),
              helper.make_node("Conv", ["f", "w2"] + (["b2"] if bias else []), [last], **attrs)]
-    if tail is not None:
-        nodes.append(helper.make_node(tail, ["conv", "s"], ["flow"]))
+    if tail is not None:  # "Mul first": the scale as a Constant node, written first
+        if tail == "Mul first":
+            nodes.append(helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+                np.array(scale, np.float32))))
+        nodes.append(helper.make_node("Mul", ["c", "conv"], ["flow"]) if tail == "Mul first"
+                     else helper.make_node(tail, ["conv", "s"], ["flow"]))
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", 1, *grid]) for n in ("source", "target")]
     graph = helper.make_graph(nodes, "head", io, [helper.make_tensor_value_info(
         "flow", TensorProto.FLOAT, ["B", out, *grid])], inits)
@@ -109,7 +113,8 @@ def _model(rng: np.random.Generator, grid, *, out: int = 3, tail: str | None = "
 
 
 @pytest.mark.parametrize("tail, scale, bias", [(None, 1.0, True), ("Mul", 0.5, True),
-                                               ("Div", 3.0, True), ("Mul", -0.7, False)])
+                                               ("Div", 3.0, True), ("Mul", -0.7, False),
+                                               ("Mul first", 0.25, True)])
 def test_fuse_takes_the_last_convolution(rng, tail, scale, bias) -> None:
     model = _model(rng, (6, 5, 7), tail=tail, scale=scale, bias=bias)
     fused, spec = native_head.fuse(model)
@@ -133,7 +138,7 @@ def test_fuse_leaves_other_endings_alone(rng, kwargs) -> None:
 
 
 @pytest.mark.skipif(unavailable("openvino") is not None, reason=f"openvino: {unavailable('openvino')}")
-@pytest.mark.parametrize("tail", [None, "Mul"])
+@pytest.mark.parametrize("tail", [None, "Mul", "Mul first"])
 def test_openvino_with_native_head_equals_onnxruntime(tmp_path, rng, tail) -> None:
     grid = (8, 10, 70)
     model = _model(rng, grid, tail=tail)

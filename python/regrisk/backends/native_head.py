@@ -84,13 +84,17 @@ def fuse(model: Any) -> tuple[Any, HeadSpec] | None:
         return None
     removed, scale = [last], 1.0
     if last.op_type != "Conv":
-        conv = producers.get(last.input[0]) or producers.get(last.input[-1])
-        if conv is None or conv.op_type != "Conv" or readers.get(conv.output[0]) != 1:
+        convs = [producers[i] for i in last.input if i in producers and producers[i].op_type == "Conv"]
+        conv = convs[0] if len(convs) == 1 else None
+        if conv is None or readers.get(conv.output[0]) != 1:
             return None
         factor = _scale(last, constants, conv.output[0])
         if factor is None:
             return None
         removed, scale = [conv, last], factor
+        # the scale's Constant node too, when nothing else reads it
+        removed += [producers[i] for i in last.input if i in producers
+                    and producers[i].op_type == "Constant" and readers.get(i) == 1]
     spec = _spec(removed[0], constants, scale)
     if spec is None:
         return None
