@@ -253,5 +253,7 @@ def test_info_reports_the_cpu_choice(capsys, tmp_path) -> None:
             resolved = model_loading.resolve(str(path))
             with create_backend(resolved.source, resolved.card, name="openvino") as backend:
                 lanes[kind] = backend.describe()["lanes"]
-        assert choice["openvino lanes"].startswith(f"staged graphs {lanes['staged']} (")
-        assert choice["openvino lanes"].endswith(f"whole and fixed-batch graphs {lanes['whole']}")
+        assert choice["openvino lanes"].startswith(f"graphs staged at 5-D GridSample {lanes['staged']} (")
+        assert choice["openvino lanes"].endswith(f"other graphs {lanes['whole']}")
+        assert "upsample_fold" in choice["openvino graph rewrites"]
+        assert "native_head" in choice["openvino graph rewrites"]

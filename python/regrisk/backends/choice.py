@@ -30,6 +30,10 @@ def cpu_report(default_model: Any = None) -> dict[str, Any]:
     if "openvino" in usable:
         report["openvino precision"] = _openvino_precision()
         report["openvino lanes"] = _openvino_lanes()
+        report["openvino graph rewrites"] = (
+            "nearest 2x upsampling folded into the 3x3x3 convolution that reads it "
+            "(backends.upsample_fold); a last 3x3x3 convolution to the field run by regrisk's "
+            "kernel (backends.native_head)")
     return report
 
 
@@ -40,8 +44,8 @@ def _openvino_lanes() -> str:
 
     threads = cpu_cores()
     staged = auto_lanes(threads, staged=True)
-    return (f"staged graphs {staged} (the images of a batch {staged} at a time, each on "
-            f"{threads // staged} of {threads} threads), whole and fixed-batch graphs 1")
+    return (f"graphs staged at 5-D GridSample {staged} (the images of a batch {staged} at a "
+            f"time, each on {threads // staged} of {threads} threads), other graphs 1")
 
 
 def _openvino_precision() -> str:
