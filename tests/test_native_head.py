@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from regrisk import kernels, model_loading, reference
 from regrisk.backends import create_backend, native_head, unavailable
-from regrisk.card import METADATA_KEY, ModelCard
+from regrisk.card import ModelCard, embed_card
 
 CASES = [((1, 8, 12, 10, 70), 3), ((2, 3, 5, 6, 7), 4), ((1, 1, 1, 1, 1), 1), ((1, 5, 3, 2, 130), 6),
          ((3, 2, 4, 4, 64), 2)]
@@ -107,8 +107,7 @@ def _model(rng: np.random.Generator, grid, *, out: int = 3, tail: str | None = "
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     card = ModelCard(name="head", grid=tuple(grid))
     card.output.name = "flow"
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, card.to_json()
+    embed_card(model, card)
     return model
 
 

@@ -139,14 +139,13 @@ def test_openvino_runs_the_folded_unet(tmp_path, rng) -> None:
     option it folds none and matches too."""
     from regrisk import model_loading
     from regrisk.backends import create_backend
-    from regrisk.card import METADATA_KEY, ModelCard
+    from regrisk.card import ModelCard, embed_card
 
     grid = (8, 12, 8)
     model = _decoder(rng, grid)
     card = ModelCard(name="fold", grid=grid)
     card.output.name = "flow"
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, card.to_json()
+    embed_card(model, card)
     path = tmp_path / "decoder.onnx"
     onnx.save(model, str(path))
     feeds = {n: rng.random((1, 1, *grid), dtype=np.float32) for n in ("source", "target")}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .native_regions import Constants, replace
+from .native_regions import Constants, plain_conv3x3x3, replace
 
 OP = "FieldHead"
 MAX_OUT = 4  # the kernel holds 4 output channels in registers; wider layers are the backend's
@@ -38,20 +38,6 @@ class HeadSpec:
 
 
 SPEC = HeadSpec  # what a saved plan rebuilds (backends.staged_plan)
-
-
-def _attributes(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _plain(node: Any) -> bool:
-    a = _attributes(node)
-    return (list(a.get("kernel_shape", [])) == [3, 3, 3] and list(a.get("pads", [])) == [1] * 6
-            and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-            and list(a.get("strides", [1] * 3)) == [1] * 3
-            and list(a.get("dilations", [1] * 3)) == [1] * 3 and a.get("group", 1) == 1)
 
 
 def _scale(node: Any, constants: Constants, made: str) -> float | None:
@@ -103,7 +89,7 @@ def fuse(model: Any) -> tuple[Any, HeadSpec] | None:
 
 
 def _spec(conv: Any, constants: Constants, scale: float) -> HeadSpec | None:
-    if conv.op_type != "Conv" or len(conv.input) < 2 or not _plain(conv):
+    if len(conv.input) < 2 or not plain_conv3x3x3(conv):
         return None
     w = constants.get(conv.input[1])
     b = constants.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None

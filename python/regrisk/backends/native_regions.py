@@ -35,6 +35,23 @@ class Constants:
         return self.cache.get(name)
 
 
+def attributes(node: Any) -> dict[str, Any]:
+    """A node's attributes by name, byte strings decoded."""
+    from onnx import helper
+
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+
+
+def plain_conv3x3x3(node: Any) -> bool:
+    """A Conv with a 3x3x3 kernel, stride 1, explicit padding 1, no dilation and one group."""
+    a = attributes(node)
+    return (node.op_type == "Conv" and list(a.get("kernel_shape", [])) == [3, 3, 3]
+            and list(a.get("pads", [])) == [1] * 6 and a.get("auto_pad", "NOTSET") == "NOTSET"
+            and list(a.get("strides", [1] * 3)) == [1] * 3
+            and list(a.get("dilations", [1] * 3)) == [1] * 3 and a.get("group", 1) == 1)
+
+
 def replace(model: Any, removed: list[Any], inputs: list[str], op: str, name: str) -> Any | None:
     """A copy of ``model`` with the nodes ``removed`` replaced by one ``op`` node (regrisk's
     domain) reading ``inputs`` and making the one tensor of theirs that the rest of the graph

@@ -20,18 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .native_regions import DOMAIN, Constants
+from .native_regions import DOMAIN, Constants, attributes
 
 OP = "Upsample2"
 DENSE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "ConvInteger", "QLinearConv"}
 HALF_PIXEL = {"half_pixel", "pytorch_half_pixel"}
-
-
-def _attributes(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _constant(constants: Constants, producers: dict[str, Any], name: str) -> np.ndarray | None:
@@ -50,7 +43,7 @@ def _constant(constants: Constants, producers: dict[str, Any], name: str) -> np.
 
 
 def _is_x2_linear(node: Any, constants: Constants, producers: dict[str, Any]) -> bool:
-    attrs = _attributes(node)
+    attrs = attributes(node)
     if attrs.get("mode", "nearest") != "linear" or attrs.get("antialias", 0):
         return False
     if attrs.get("coordinate_transformation_mode", "half_pixel") not in HALF_PIXEL:

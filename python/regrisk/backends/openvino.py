@@ -87,6 +87,7 @@ class _Compiled:
         self.compiled = compiled
         self._local = threading.local()
         self.outputs = outputs  # by the graph's names: OpenVINO may merge a tensor's aliases
+        self._static = self._static_outputs()
         # what the device runs at: a CPU without bf16 runs f32 whatever the hint asked
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
@@ -107,6 +108,18 @@ class _Compiled:
         return {n: bound[n] if n in bound else np.array(request.get_tensor(n).data)
                 for n in self.outputs}
 
+    def _static_outputs(self) -> dict[str, tuple[Any, tuple[int, ...]]]:
+        """The f32 outputs of static shape: name -> (port, shape)."""
+        import openvino as ov
+
+        out = {}
+        for name in self.outputs:
+            port = self.compiled.output(name)
+            shape = port.get_partial_shape()
+            if shape.is_static and port.get_element_type() == ov.Type.f32:
+                out[name] = (port, tuple(shape.to_shape()))
+        return out
+
     def _bind(self, request: Any) -> dict[str, np.ndarray]:
         """Fresh arrays the request writes its f32 outputs of static shape into (no copy of
         ~100 MB per call afterwards); each call binds new ones, so an array handed out is never
@@ -114,12 +127,9 @@ class _Compiled:
         import openvino as ov
 
         bound = {}
-        for name in self.outputs:
-            port = self.compiled.output(name)
-            shape = port.get_partial_shape()
-            if shape.is_static and port.get_element_type() == ov.Type.f32:
-                bound[name] = np.empty(tuple(shape.to_shape()), np.float32)
-                request.set_tensor(port, ov.Tensor(bound[name], shared_memory=True))
+        for name, (port, shape) in self._static.items():
+            bound[name] = np.empty(shape, np.float32)
+            request.set_tensor(port, ov.Tensor(bound[name], shared_memory=True))
         self._local.bound = bound
         return bound
 
@@ -176,10 +186,11 @@ class OpenVinoBackend(Backend):
         self.gridsample = None if not cuts else self.gridsample_mode
         if cuts and self.gridsample_mode == "rewrite":
             rewrite_gridsample(graph)
+        head = None if cuts or not self.native or self.target != "CPU" else native_head.fuse(graph)
         if cuts and self.gridsample_mode == "staged":
             self.staged = self._staged(graph, {graph.graph.node[i].output[0] for i in cuts})
-        elif self.native and self.target == "CPU" and native_head.fuse(graph) is not None:
-            self.staged = self._staged(graph, set())  # the network, then its last layer here
+        elif head is not None:  # the network, then its last layer here
+            self.staged = self._staged(graph, set(), {native_head: head})
         else:
             self.network = self._read(graph.SerializeToString())
         self._model(self.fixed_batch or 1)  # compile now: a graph OpenVINO cannot take fails here
@@ -217,21 +228,25 @@ class OpenVinoBackend(Backend):
         except OSError:  # a full or read-only cache: the next process cuts the graph again
             pass
 
-    def _staged(self, graph: Any, samplers: set[str]) -> StagedGraph:
+    def _staged(self, graph: Any, samplers: set[str], known: dict[Any, Any] | None = None
+                ) -> StagedGraph:
         """The graph in stages; with ``native`` (default) the regions regrisk runs natively (the
         default network's normalisation and demons, ``backends.native_normalize`` and
         ``native_demons``) are one part each instead of ~100 backend nodes, field resizes
         (``native_resize``) run by regrisk's upsampling kernel and a last 3x3x3 convolution to
         the field (``native_head``, on CPUs) by its convolution kernel. ``samplers``: the
-        outputs of the 5-D GridSample nodes, where the graph is cut."""
+        outputs of the 5-D GridSample nodes, where the graph is cut; ``known``: modules' fuse
+        results on ``graph`` already computed (used while no earlier module changed it)."""
+        known = dict(known or {})
         natives = {}
         modules = (native_normalize, native_demons, native_resize)
         if self.target == "CPU":
             modules += (native_head,)
         for module in modules if self.native else ():
-            fused = module.fuse(graph)
+            fused = known.pop(module) if module in known else module.fuse(graph)
             if fused is not None:
                 graph, spec = fused
+                known.clear()  # found on the graph before this change
                 natives[module.OP] = module.runner(spec, self.threads)
                 self._specs[module.OP] = spec
                 self.fused.append(module.OP)

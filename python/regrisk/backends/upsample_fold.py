@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .native_regions import Constants, attributes, plain_conv3x3x3
+
 # per axis: the transposed convolution's 4 taps as sums of the convolution's 3
 _TAPS = np.array([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], np.float64)
 # (coordinate_transformation_mode, nearest_mode) pairs whose doubling reads coarse floor(o / 2)
@@ -66,8 +68,6 @@ class _Graph:
     """The lookups a fold needs: producers, use counts, constants, channel counts."""
 
     def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
         self.model = model
         self.producer = {o: n for n in model.graph.node for o in n.output}
         self.uses: dict[str, int] = {}
@@ -76,18 +76,8 @@ class _Graph:
                 self.uses[name] = self.uses.get(name, 0) + 1
         for o in model.graph.output:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self._to_array = numpy_helper.to_array
+        self.value = Constants(model).get  # initializers and Constant nodes by name
         self._channels: dict[str, int] | None = None
-
-    def value(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return self._to_array(self.inits[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            attr = _attrs(node)
-            return self._to_array(attr["value"]) if "value" in attr else None
-        return None
 
     def channels(self, name: str) -> int | None:
         """A tensor's channel count (dim 1) by ONNX shape inference, None if unknown."""
@@ -99,10 +89,10 @@ class _Graph:
         node = self.producer.get(name)
         if node is None or node.op_type != "Resize" or len(node.input) < 3:
             return False
-        attr = _attrs(node)
-        modes = (_text(attr.get("coordinate_transformation_mode", b"half_pixel")),
-                 _text(attr.get("nearest_mode", b"round_prefer_floor")))
-        if _text(attr.get("mode", b"nearest")) != "nearest" or modes not in _FLOOR_HALF:
+        attr = attributes(node)
+        modes = (attr.get("coordinate_transformation_mode", "half_pixel"),
+                 attr.get("nearest_mode", "round_prefer_floor"))
+        if attr.get("mode", "nearest") != "nearest" or modes not in _FLOOR_HALF:
             return False
         if "axes" in attr or (len(node.input) > 3 and node.input[3]) or not node.input[2]:
             return False  # sizes or partial axes: not a known constant doubling
@@ -111,7 +101,7 @@ class _Graph:
 
     def fold_plan(self, conv: Any) -> dict[str, Any] | None:
         """What folding ``conv`` takes, or None when it does not apply."""
-        if conv.op_type != "Conv" or len(conv.input) < 2 or not _plain_3x3x3(_attrs(conv)):
+        if len(conv.input) < 2 or not plain_conv3x3x3(conv):
             return None
         weight = self.value(conv.input[1])
         if weight is None or weight.ndim != 5:
@@ -120,7 +110,7 @@ class _Graph:
         concat = None
         if self.is_doubling(conv.input[0]):
             parts = [conv.input[0]]
-        elif (src is not None and src.op_type == "Concat" and _attrs(src).get("axis") in (1, -4)
+        elif (src is not None and src.op_type == "Concat" and attributes(src).get("axis") in (1, -4)
               and self.uses.get(src.output[0]) == 1):
             parts, concat = list(src.input), src
         else:
@@ -166,13 +156,6 @@ class _Graph:
         return nodes
 
 
-def _plain_3x3x3(attr: dict[str, Any]) -> bool:
-    return (list(attr.get("kernel_shape", [])) == [3, 3, 3] and list(attr.get("pads", [])) == [1] * 6
-            and _text(attr.get("auto_pad", b"NOTSET")) == "NOTSET"
-            and list(attr.get("strides", [1, 1, 1])) == [1, 1, 1]
-            and list(attr.get("dilations", [1, 1, 1])) == [1, 1, 1] and attr.get("group", 1) == 1)
-
-
 def _inferred_channels(model: Any) -> dict[str, int]:
     import onnx
 
@@ -200,13 +183,3 @@ def _drop_unused(model: Any, weights: set[str]) -> None:
     keep_inits = [t for t in model.graph.initializer if t.name not in weights or t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep_inits)
-
-
-def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
