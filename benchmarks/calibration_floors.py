@@ -7,7 +7,9 @@ case: cue table, true error, case cues) and prints markdown tables:
    same images);
 2. across images: fitted and calibrated on every case of one image, measured on every case of
    the other (images the calibration did not see);
-3. per held-out case: coverage of the bound, Spearman of the calibrated map, of sigma (the
+3. per family, over the own split's held-out cases and the fresh ones together: the calibrated
+   map's Spearman and Pearson beside sigma's and inverse consistency's, and the bound's coverage;
+4. per held-out case: coverage of the bound, Spearman of the calibrated map, of sigma (the
    paper's map) and of inverse consistency alone, and the verdict against the true mean error.
 
 Usage (the figures in benchmarks/EVALUATION.md):
@@ -56,6 +58,22 @@ def evaluate_split(fit_records: Sequence[CaseRecord], test_records: Sequence[Cas
     return res
 
 
+def _family_table(rows: Sequence[dict]) -> None:
+    print(f"\nPer family, over the {len(rows)} held-out cases of the own split and the fresh "
+          "cases:\n")
+    print("| family | held-out cases | Spearman error_mm | Spearman sigma (paper) | Spearman "
+          "inverse consistency | Pearson error_mm | bound coverage, mean (min-max) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for family in dict.fromkeys(r["family"] for r in rows):
+        fam = [r for r in rows if r["family"] == family]
+        mean = lambda key: sum(r[key] for r in fam) / len(fam)  # noqa: E731
+        cov = [r["coverage"] for r in fam]
+        spread = f" ({min(cov):.3f}-{max(cov):.3f})" if len(fam) > 1 else ""
+        print(f"| {family} | {len(fam)} | {mean('spearman_error_mm'):.3f} | "
+              f"{mean('spearman_sigma'):.3f} | {mean('spearman_ic'):.3f} | "
+              f"{mean('pearson_error_mm'):.3f} | {mean('coverage'):.3f}{spread} |")
+
+
 def load_records(folder: str) -> list[CaseRecord]:
     return [CaseRecord.load(p) for p in sorted(glob.glob(os.path.join(folder, "case_*.npz")))]
 
@@ -89,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for label, res in results.items():
         print(_summary_row(label, res))
+    _family_table([row for label, res in results.items() if not label.startswith("fit on")
+                   for row in res["per_case"]])
     for label, res in results.items():
         print(f"\n{label}:\n")
         print("| family | image | coverage | rho error_mm | rho sigma | rho inverse consistency | "

@@ -11,7 +11,11 @@ model be monotone in every one of them:
   Gaussian window (a misaligned edge shows up here even when the spread is small);
 - ``intensity_residual``: smoothed |warped source - target| in units of the target's range;
 - ``log_jacobian``: |log det J| of the predicted map (strong local volume change);
-- ``displacement``: |u| in mm (large motion is where networks err most).
+- ``displacement``: |u| in mm (large motion is where networks err most);
+- ``flow_residual``: the misalignment left between warped source and target, in mm, as one
+  Lucas-Kanade step estimates it (the local least-squares shift that would explain their
+  difference from the image gradients). Unlike the intensity residuals it is in the error's own
+  unit, so an image with weaker contrast does not read as better aligned.
 
 Case-level cues (means over the target's foreground) let one model shift its whole map when a
 registration failed outright, which no local cue sees.
@@ -26,9 +30,10 @@ import numpy as np
 
 VOXEL_CUES = ("sigma", "sigma_x", "sigma_y", "sigma_z", "sigma_smooth", "ic", "ic_smooth",
               "ncc_residual", "ncc_residual_wide", "intensity_residual", "log_jacobian",
-              "displacement")
-CASE_CUES = ("case_sigma", "case_ic", "case_ncc_residual")
+              "displacement", "flow_residual")
+CASE_CUES = ("case_sigma", "case_ic", "case_ncc_residual", "case_flow_residual")
 SETTINGS = {"smooth_vox": 2.0, "ncc_window_vox": 2.0, "ncc_wide_window_vox": 4.0,
+            "flow_window_vox": 2.0, "flow_damping": 0.01,
             "foreground": "target > min + 0.05 (p99 - min)"}
 
 
@@ -65,6 +70,35 @@ def local_ncc(a: np.ndarray, b: np.ndarray, window: float) -> np.ndarray:
     # a floor relative to the image's variance: flat background gives 0 correlation, not 0/0
     eps = 1e-4 * max(float(a.var()), float(b.var()), 1e-12)
     return (cov / np.sqrt(va * vb + eps * eps)).astype(np.float32)
+
+
+def residual_flow(warped: np.ndarray, target: np.ndarray, affine: np.ndarray,
+                  window: float, damping: float) -> np.ndarray:
+    """|d| in mm, d the damped Lucas-Kanade shift that best explains ``warped - target`` from
+    the mean of both images' gradients within a Gaussian window of ``window`` voxels (with the
+    mean gradient, one step is exact for a locally quadratic image). The damping is ``damping``
+    times the mean trace of the structure tensor over the image, so flat regions read as no
+    evidence (0), not as an arbitrary shift."""
+    from scipy import ndimage
+
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    w = warped.astype(np.float32)
+    t = target.astype(np.float32)
+    g = [(a + b) / np.float32(2.0 * h) for a, b, h in zip(np.gradient(w), np.gradient(t), spacing)]
+    smooth = lambda v: ndimage.gaussian_filter(v, window, mode="nearest").astype(np.float64)  # noqa: E731
+    diff = w - t
+    (xx, xy, xz), (yy, yz), (zz,) = [[smooth(g[i] * g[j]) for j in range(i, 3)] for i in range(3)]
+    rhs = [smooth(gi * diff) for gi in g]
+    lam = damping * float((xx + yy + zz).mean()) + 1e-12
+    xx, yy, zz = xx + lam, yy + lam, zz + lam
+    # the symmetric 3x3 system solved by its adjugate, voxel by voxel
+    cxx, cxy, cxz = yy * zz - yz * yz, xz * yz - xy * zz, xy * yz - xz * yy
+    cyy, cyz, czz = xx * zz - xz * xz, xy * xz - xx * yz, xx * yy - xy * xy
+    det = xx * cxx + xy * cxy + xz * cxz
+    dx = cxx * rhs[0] + cxy * rhs[1] + cxz * rhs[2]
+    dy = cxy * rhs[0] + cyy * rhs[1] + cyz * rhs[2]
+    dz = cxz * rhs[0] + cyz * rhs[1] + czz * rhs[2]
+    return (np.sqrt(dx * dx + dy * dy + dz * dz) / det).astype(np.float32)
 
 
 def inverse_consistency(forward_mm: np.ndarray, target_affine: np.ndarray,
@@ -108,11 +142,14 @@ def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
             "intensity_residual": ndimage.gaussian_filter(np.abs(warped - target) / span, s,
                                                           mode="nearest"),
             "log_jacobian": np.abs(np.log(np.clip(jac, 1e-3, None))),
-            "displacement": np.linalg.norm(np.asarray(result.displacement), axis=0)}
+            "displacement": np.linalg.norm(np.asarray(result.displacement), axis=0),
+            "flow_residual": residual_flow(warped, target, result.affine,
+                                           SETTINGS["flow_window_vox"], SETTINGS["flow_damping"])}
     maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
     fg = foreground(target)
     case = {"case_sigma": float(sigma[fg].mean()), "case_ic": float(ic[fg].mean()),
-            "case_ncc_residual": float(maps["ncc_residual"][fg].mean())}
+            "case_ncc_residual": float(maps["ncc_residual"][fg].mean()),
+            "case_flow_residual": float(maps["flow_residual"][fg].mean())}
     return Cues(maps, case)
 
 

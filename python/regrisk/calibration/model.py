@@ -41,8 +41,10 @@ FEATURES: dict[str, tuple[str, str]] = {
     "log_intensity_residual": ("intensity_residual", "log"),
     "log_jacobian": ("log_jacobian", "identity"),
     "log_displacement": ("displacement", "log"),
+    "log_flow_residual": ("flow_residual", "log"),
     "log_case_sigma": ("case_sigma", "log"), "log_case_ic": ("case_ic", "log"),
     "case_ncc_residual": ("case_ncc_residual", "identity"),
+    "log_case_flow_residual": ("case_flow_residual", "log"),
 }
 
 

@@ -52,7 +52,9 @@ class VerdictRule:
         e = np.asarray(d["true_mean_error_mm"], dtype=np.float64)
         if p.size == 0 or p.shape != e.shape or not (np.isfinite(p).all() and np.isfinite(e).all()):
             raise ValueError("verdict table must hold finite predicted and true mean errors")
-        return cls(p, e, np.array([float(d["case_cue_max"][n]) for n in CASE_CUES]))
+        # a calibration made before a case cue existed has no range for it: never out of range
+        seen = d["case_cue_max"]
+        return cls(p, e, np.array([float(seen.get(n, np.inf)) for n in CASE_CUES]))
 
     @classmethod
     def fit(cls, predicted: np.ndarray, true: np.ndarray, case_cues: np.ndarray) -> "VerdictRule":
