@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import fieldfiles, io
+from . import fieldfiles, io, limits
 
 
 @dataclass
@@ -101,7 +101,7 @@ class EstimateResult:
             maps = self._maps()
             # one file per thread: gzip (zlib) runs without the GIL, so two cores compress two
             # maps at once (1.7 -> ~0.9 s for the demo's six); any error is raised here
-            with ThreadPoolExecutor(max_workers=max(1, min(len(maps), _cores()))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(len(maps), limits.cores()))) as pool:
                 for done in [pool.submit(self._save_map, tmp / name, data, desc, vector)
                              for name, data, desc, vector in maps]:
                     done.result()
@@ -116,11 +116,3 @@ class EstimateResult:
             fieldfiles.save_displacement(path, data, self.affine, desc)
         else:
             io.save_nifti(path, data, self.affine, description=desc)
-
-
-def _cores() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1

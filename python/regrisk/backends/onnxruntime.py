@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,15 +9,8 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import ModelError, first_line
+from ..limits import cores as cpu_cores
 from . import Array, Backend, ModelSource
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OnnxRuntimeBackend(Backend):

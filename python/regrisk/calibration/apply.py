@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
+from .. import io, limits
 from ..errors import InputError
 from . import cues, model as error_model, qc
 from .store import Calibration, model_identity
@@ -41,11 +41,14 @@ def error_maps(est: Any, result: Any, source: Any, target: Any, cal: Calibration
     src = io.load_image(source, "source")
     tgt = io.load_image(target, "target")
     backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
-    c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine)
+    c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine,
+                     threads=min(est.threads, limits.cores()))
     case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
-    x = error_model.features(c.table(np.ones(tgt.shape, bool)), case_cues, cal.model.names)
-    return (cal.model.expected(x).reshape(tgt.shape).astype(np.float32),
-            cal.model.bound(x).reshape(tgt.shape).astype(np.float32), case_cues)
+    x = error_model.features({n: m.ravel() for n, m in c.maps.items()}, case_cues,
+                             cal.model.names)
+    expected, bound = cal.model.expected_and_bound(x)
+    return (expected.reshape(tgt.shape).astype(np.float32),
+            bound.reshape(tgt.shape).astype(np.float32), case_cues)
 
 
 def _region(mask: Any, tgt: io.Image) -> tuple[np.ndarray, str]:

@@ -46,7 +46,7 @@ def _design(records: Sequence[CaseRecord], idx: Sequence[int]) -> tuple[np.ndarr
 
 def case_predictions(m: error_model.ErrorModel, r: CaseRecord) -> tuple[np.ndarray, np.ndarray]:
     x = error_model.features(r.cues, r.case_cues, m.names)
-    return m.expected(x), m.bound(x)
+    return m.expected_and_bound(x)
 
 
 def fit(records: Sequence[CaseRecord], coverage: float

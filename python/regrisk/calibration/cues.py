@@ -44,10 +44,6 @@ class Cues:
     maps: dict[str, np.ndarray]
     case: dict[str, float]
 
-    def table(self, region: np.ndarray) -> np.ndarray:
-        """(N, len(VOXEL_CUES)) cue values of the voxels in ``region``."""
-        return np.stack([self.maps[n][region] for n in VOXEL_CUES], axis=1).astype(np.float32)
-
 
 def foreground(image: np.ndarray) -> np.ndarray:
     """The evaluation's foreground rule (one definition for calibration and estimate)."""
@@ -119,32 +115,44 @@ def inverse_consistency(forward_mm: np.ndarray, target_affine: np.ndarray,
 
 
 def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
-            source_affine: np.ndarray) -> Cues:
+            source_affine: np.ndarray, threads: int = 1) -> Cues:
     """Every cue of an estimate ``result`` (an EstimateResult) for the target volume
-    ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement)."""
+    ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement).
+    The maps are independent, so up to ``threads`` are computed at once (SciPy's filters and
+    NumPy's loops run without the GIL); each is the same computation whatever the count."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from scipy import ndimage
 
     s = SETTINGS["smooth_vox"]
     sigma = np.asarray(result.uncertainty, np.float32)
     axes = np.asarray(result.uncertainty_axes, np.float32)
-    ic = inverse_consistency(np.asarray(result.displacement), result.affine, backward_mm,
-                             source_affine)
     warped = np.asarray(result.warped_source, np.float32)
-    ncc = local_ncc(warped, target, SETTINGS["ncc_window_vox"])
-    ncc_wide = local_ncc(warped, target, SETTINGS["ncc_wide_window_vox"])
+    smooth = lambda v: ndimage.gaussian_filter(v, s, mode="nearest")  # noqa: E731
     span = float(np.percentile(target, 99) - target.min()) or 1.0
-    jac = result.jacobian if result.jacobian is not None else _jacobian(result)
+    jobs = {  # the costliest first, so two threads finish together
+        "flow_residual": lambda: residual_flow(warped, target, result.affine,
+                                               SETTINGS["flow_window_vox"],
+                                               SETTINGS["flow_damping"]),
+        "ic": lambda: inverse_consistency(np.asarray(result.displacement), result.affine,
+                                          backward_mm, source_affine),
+        "ncc_residual": lambda: np.clip(
+            1.0 - local_ncc(warped, target, SETTINGS["ncc_window_vox"]), 0.0, 2.0),
+        "ncc_residual_wide": lambda: np.clip(
+            1.0 - local_ncc(warped, target, SETTINGS["ncc_wide_window_vox"]), 0.0, 2.0),
+        "intensity_residual": lambda: smooth(np.abs(warped - target) / span),
+        "sigma_smooth": lambda: smooth(sigma),
+        "log_jacobian": lambda: np.abs(np.log(np.clip(
+            result.jacobian if result.jacobian is not None else _jacobian(result), 1e-3, None))),
+        "displacement": lambda: np.linalg.norm(np.asarray(result.displacement), axis=0),
+    }
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        done = {name: f.result() for name, f in futures.items()}
+    ic = done["ic"]
     maps = {"sigma": sigma, "sigma_x": axes[0], "sigma_y": axes[1], "sigma_z": axes[2],
-            "sigma_smooth": ndimage.gaussian_filter(sigma, s, mode="nearest"),
-            "ic": ic, "ic_smooth": ndimage.gaussian_filter(ic, s, mode="nearest"),
-            "ncc_residual": np.clip(1.0 - ncc, 0.0, 2.0),
-            "ncc_residual_wide": np.clip(1.0 - ncc_wide, 0.0, 2.0),
-            "intensity_residual": ndimage.gaussian_filter(np.abs(warped - target) / span, s,
-                                                          mode="nearest"),
-            "log_jacobian": np.abs(np.log(np.clip(jac, 1e-3, None))),
-            "displacement": np.linalg.norm(np.asarray(result.displacement), axis=0),
-            "flow_residual": residual_flow(warped, target, result.affine,
-                                           SETTINGS["flow_window_vox"], SETTINGS["flow_damping"])}
+            **done, "ic_smooth": smooth(ic)}
+    maps = {n: maps[n] for n in VOXEL_CUES}
     maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
     fg = foreground(target)
     case = {"case_sigma": float(sigma[fg].mean()), "case_ic": float(ic[fg].mean()),

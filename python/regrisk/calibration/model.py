@@ -18,6 +18,7 @@ least 1 - alpha (and at most 1 - alpha + 1 / (n + 1) for continuous scores).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,21 +49,25 @@ FEATURES: dict[str, tuple[str, str]] = {
 }
 
 
-def features(voxel_cues: np.ndarray, case_cues: np.ndarray,
+def features(voxel_cues: np.ndarray | Mapping[str, np.ndarray], case_cues: np.ndarray,
              names: tuple[str, ...] = tuple(FEATURES)) -> np.ndarray:
-    """(N, len(names)) design matrix from a cue table (N, len(VOXEL_CUES)) and the case cues."""
-    cols = []
-    for name in names:
+    """(N, len(names)) design matrix from a cue table (N, len(VOXEL_CUES)), or a mapping of cue
+    name to its (N,) values, and the case cues. Built column by column (a transposed view):
+    the rows of a whole volume are many, and interleaving them costs more than the logs."""
+    table = not isinstance(voxel_cues, Mapping)
+    n = voxel_cues.shape[0] if table else len(next(iter(voxel_cues.values())))
+    x = np.empty((len(names), n), np.float64)
+    for row, name in zip(x, names):
         cue, transform = FEATURES[name]
         if cue in VOXEL_CUES:
-            v = voxel_cues[:, VOXEL_CUES.index(cue)].astype(np.float64)
+            row[:] = voxel_cues[:, VOXEL_CUES.index(cue)] if table else voxel_cues[cue]
         else:
-            v = np.full(voxel_cues.shape[0], float(case_cues[CASE_CUES.index(cue)]))
-        cols.append(np.log(np.maximum(v, 0.0) + _LOG_FLOOR) if transform == "log" else v)
-    x = np.stack(cols, axis=1)
+            row[:] = float(case_cues[CASE_CUES.index(cue)])
+        if transform == "log":
+            np.log(np.maximum(row, 0.0, out=row) + _LOG_FLOOR, out=row)
     if not np.isfinite(x).all():
         raise EvaluationError("a cue is not finite: the calibration cannot score this case")
-    return x
+    return x.T
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -89,11 +94,22 @@ class ErrorModel:
 
     def expected(self, x: np.ndarray) -> np.ndarray:
         """Expected true error (mm) for a design matrix."""
-        return np.maximum(np.exp(self.log_prediction(x)) * self.smearing - ERROR_OFFSET, 0.0)
+        return self._expected(self.log_prediction(x))
 
     def bound(self, x: np.ndarray) -> np.ndarray:
         """Upper bound (mm) at ``coverage``."""
-        return np.maximum(np.exp(self.log_prediction(x) + self.quantile) - ERROR_OFFSET, 0.0)
+        return self._bound(self.log_prediction(x))
+
+    def expected_and_bound(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both maps from one prediction."""
+        lp = self.log_prediction(x)
+        return self._expected(lp), self._bound(lp)
+
+    def _expected(self, lp: np.ndarray) -> np.ndarray:
+        return np.maximum(np.exp(lp) * self.smearing - ERROR_OFFSET, 0.0)
+
+    def _bound(self, lp: np.ndarray) -> np.ndarray:
+        return np.maximum(np.exp(lp + self.quantile) - ERROR_OFFSET, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"form": "log(error + e0) = intercept + weights . features; weights >= 0",
