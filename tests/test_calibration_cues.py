@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from regrisk.calibration import cues, qc
+from regrisk.errors import EvaluationError
 
 SHAPE = (20, 22, 18)
 
@@ -107,3 +108,48 @@ def test_a_calibration_from_before_the_flow_cue_loads_and_never_flags_by_it():
     assert rule.verdict(0.5, 2.0, case) == "pass"
     case[0] = 100.0  # a cue the old calibration knows, far out of its range
     assert rule.verdict(0.5, 2.0, case) == "review"
+
+
+def fake_result(rng: np.random.Generator):
+    from types import SimpleNamespace
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    smooth = lambda v: ndimage.gaussian_filter(v, 2.0)  # noqa: E731
+    disp = np.stack([smooth(rng.normal(size=SHAPE)) * 3 for _ in range(3)]).astype(np.float32)
+    return SimpleNamespace(uncertainty=np.abs(rng.normal(size=SHAPE)).astype(np.float32),
+                           uncertainty_axes=np.abs(rng.normal(size=(3, *SHAPE))).astype(np.float32),
+                           displacement=disp, affine=affine, jacobian=None,
+                           warped_source=smooth(rng.normal(size=SHAPE)).astype(np.float32)), disp
+
+
+def test_cues_are_the_same_bits_on_any_number_of_threads():
+    rng = np.random.default_rng(6)
+    result, disp = fake_result(rng)
+    target = ndimage.gaussian_filter(rng.normal(size=SHAPE), 2.0).astype(np.float32)
+    one = cues.compute(result, target, -disp, result.affine, threads=1)
+    for threads in (2, 3):
+        many = cues.compute(result, target, -disp, result.affine, threads=threads)
+        assert one.case == many.case
+        assert all(np.array_equal(one.maps[n], many.maps[n]) for n in cues.VOXEL_CUES)
+    assert tuple(one.maps) == cues.VOXEL_CUES
+
+
+def test_design_matrix_from_a_table_or_from_maps_is_the_same():
+    from regrisk.calibration import model
+
+    rng = np.random.default_rng(7)
+    table = np.abs(rng.normal(size=(500, len(cues.VOXEL_CUES)))).astype(np.float32)
+    case = np.abs(rng.normal(size=len(cues.CASE_CUES)))
+    by_name = {n: table[:, i].copy() for i, n in enumerate(cues.VOXEL_CUES)}
+    x = model.features(table, case)
+    assert np.array_equal(x, model.features(by_name, case))
+    # written out plainly for one log feature and one identity feature
+    i = cues.VOXEL_CUES.index("sigma")
+    np.testing.assert_array_equal(x[:, list(model.FEATURES).index("log_sigma")],
+                                  np.log(table[:, i].astype(np.float64) + 0.05))
+    j = cues.VOXEL_CUES.index("ncc_residual")
+    np.testing.assert_array_equal(x[:, list(model.FEATURES).index("ncc_residual")],
+                                  table[:, j].astype(np.float64))
+    table[3, i] = np.nan
+    with pytest.raises(EvaluationError, match="not finite"):
+        model.features(table, case)
