@@ -167,8 +167,18 @@ def test_info_reports_versions_build_and_providers(capsys):
     assert "CPUExecutionProvider" in info["onnxruntime_providers"]
     assert "openmp" in info["build"]
     assert "onnxruntime" in info["backends"]
+    # the shipped calibration, as its file says (read here as plain JSON)
+    from regrisk.calibration import store
+
+    shipped = json.loads(store.default_path().read_text())
+    cal = info["default_calibration"]
+    assert cal["id"] == shipped["id"] and cal["coverage"] == 0.9
+    assert cal["held_out"]["coverage_per_case_min"] == shipped["held_out"]["coverage_per_case_min"]
+    weights = dict(zip(shipped["error_model"]["features"], shipped["error_model"]["weights"]))
+    assert cal["features"] == [n for n, w in weights.items() if w > 0]
     assert main(["info"]) == 0
-    assert "providers:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "providers:" in out and f"calibration default: {shipped['id']}" in out
 
 
 def test_allocator_tuning_is_an_opt_in_the_cli_makes(files, tmp_path, monkeypatch):

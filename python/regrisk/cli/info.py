@@ -1,11 +1,12 @@
-"""``regrisk info``: versions, native build flags, ONNX Runtime providers, devices."""
+"""``regrisk info``: versions, native build flags, ONNX Runtime providers, devices, the default
+model's shipped calibration."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..errors import ModelError, first_line
+from ..errors import InputError, ModelError, first_line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +51,25 @@ def gather() -> dict:
             models[name] = None
     info["packaged_models"] = models
     info["cpu_backend_choice"] = _cpu_choice(models.get("default"))
+    info["default_calibration"] = _default_calibration()
     return info
+
+
+def _default_calibration() -> dict:
+    """The shipped calibration of the default model: its id, coverage and what it measured on
+    its own held-out cases (the figures `estimate` would stand on)."""
+    from ..calibration import store
+
+    try:
+        cal = store.load(store.default_path())
+    except InputError as exc:
+        return {"error": first_line(exc)}
+    held = cal.payload.get("held_out", {})
+    keys = ("cases", "coverage_pooled", "coverage_per_case_min", "coverage_per_case_max",
+            "spearman_error_mm_nonlinear", "spearman_sigma_nonlinear")
+    return {"id": cal.id, "path": str(cal.path), "coverage": cal.model.coverage,
+            "features": [n for n, w in zip(cal.model.names, cal.model.weights) if w > 0],
+            "held_out": {k: held.get(k) for k in keys}}
 
 
 def _cpu_choice(default_path: str | None) -> dict:
@@ -77,6 +96,16 @@ def run(args: argparse.Namespace) -> int:
                                      for k, v in choice.items() if k != "installed"))
     for name, path in info["packaged_models"].items():
         print(f"model {name}: {path or 'not installed'}")
+    cal = info["default_calibration"]
+    if "error" in cal:
+        print(f"calibration default: {cal['error']}")
+    else:
+        h = cal["held_out"]
+        print(f"calibration default: {cal['id']} ({cal['coverage']:.0%} bound; on "
+              f"{h['cases']} held-out cases coverage {h['coverage_pooled']} pooled, "
+              f"{h['coverage_per_case_min']}-{h['coverage_per_case_max']} per case, Spearman "
+              f"{h['spearman_error_mm_nonlinear']} on nonlinear against sigma's "
+              f"{h['spearman_sigma_nonlinear']}); cues with weight: {', '.join(cal['features'])}")
     if "device" in info:
         print("device:     " + json.dumps(info["device"], default=str))
     return 0
