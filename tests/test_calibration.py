@@ -128,10 +128,10 @@ def test_estimate_refuses_a_calibration_made_for_another_model(tmp_path, image, 
     assert not out.exists()
 
 
-def _estimate(image: io.Image, shift_vox: int, calibration, tmp_path=None):
+def _estimate(image: io.Image, shift_vox: int, calibration, threads: int | None = 1):
     src = (np.roll(image.data, shift_vox, axis=1), AFFINE)
     tgt = (image.data, AFFINE)
-    with Estimator(limited_reach, threads=1) as est:
+    with Estimator(limited_reach, threads=threads) as est:
         res = est.estimate(src, tgt, samples=4, seed=1)
         return apply.annotate(est, res, src, tgt, calibration)
 
@@ -150,6 +150,10 @@ def test_verdict_on_a_shift_far_beyond_the_model_is_not_pass(image, calibration,
 def test_verdict_on_a_shift_within_reach_passes(image, calibration):
     res = _estimate(image, 1, calibration)
     assert res.summary["qc"]["verdict"] == "pass"
+    # the estimator's default thread count (all cores) gives the same maps, bit for bit
+    every_core = _estimate(image, 1, calibration, threads=None)
+    assert np.array_equal(every_core.error_mm, res.error_mm)
+    assert np.array_equal(every_core.error_bound_mm, res.error_bound_mm)
 
 
 def test_evaluate_scores_the_calibrated_map_its_coverage_and_verdict(image, calibration, tmp_path):
