@@ -200,3 +200,20 @@ def test_calibrate_cli_writes_a_calibration_that_estimate_uses(tmp_path, image, 
                  "1.5", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--coverage" in err[0] and not (tmp_path / "x.json").exists()
+
+
+def test_estimate_reads_the_cues_with_the_calibrations_own_settings(image, calibration):
+    import copy
+
+    assert calibration.payload["cues"]["ncc_window_mm"] == 4.0  # what the cases were read with
+    wider = copy.deepcopy(calibration)
+    for key in ("smooth", "ncc_window", "ncc_wide_window", "flow_window"):
+        wider.payload["cues"][f"{key}_mm"] *= 3.0
+    legacy = copy.deepcopy(calibration)  # a file from before windows were in mm: voxels
+    for key in ("smooth", "ncc_window", "ncc_wide_window", "flow_window"):
+        legacy.payload["cues"][f"{key}_vox"] = legacy.payload["cues"].pop(f"{key}_mm") / 2.0
+    base, wide, old = (_estimate(image, 10, c) for c in (calibration, wider, legacy))
+    assert base.error_mm.max() > 0
+    assert not np.array_equal(wide.error_mm, base.error_mm)
+    # on this 2 mm grid, windows of 2 voxels are the 4 mm ones: the same maps bit for bit
+    assert np.array_equal(old.error_mm, base.error_mm)

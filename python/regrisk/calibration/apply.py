@@ -42,7 +42,8 @@ def error_maps(est: Any, result: Any, source: Any, target: Any, cal: Calibration
     tgt = io.load_image(target, "target")
     backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
     c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine,
-                     threads=min(est.threads or limits.cores(), limits.cores()))
+                     threads=min(est.threads or limits.cores(), limits.cores()),
+                     settings=cues.settings_of(cal.payload.get("cues", {})))
     case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
     x = error_model.features({n: m.ravel() for n, m in c.maps.items()}, case_cues,
                              cal.model.names)

@@ -32,8 +32,13 @@ VOXEL_CUES = ("sigma", "sigma_x", "sigma_y", "sigma_z", "sigma_smooth", "ic", "i
               "ncc_residual", "ncc_residual_wide", "intensity_residual", "log_jacobian",
               "displacement", "flow_residual")
 CASE_CUES = ("case_sigma", "case_ic", "case_ncc_residual", "case_flow_residual")
-SETTINGS = {"smooth_vox": 2.0, "ncc_window_vox": 2.0, "ncc_wide_window_vox": 4.0,
-            "flow_window_vox": 2.0, "flow_damping": 0.01,
+# Windows in mm, turned into voxels of each target's grid, so that a calibration made on one
+# resolution reads a target of another at the same physical scale (2 voxels on the 2 mm grid of
+# the default model). A calibration keeps the settings it was fitted with; one written before
+# windows were in mm has "<name>_vox" keys, read as voxels of the target's grid as then.
+WINDOWS = ("smooth", "ncc_window", "ncc_wide_window", "flow_window")
+SETTINGS = {"smooth_mm": 4.0, "ncc_window_mm": 4.0, "ncc_wide_window_mm": 8.0,
+            "flow_window_mm": 4.0, "flow_damping": 0.01,
             "foreground": "target > min + 0.05 (p99 - min)"}
 
 
@@ -52,8 +57,37 @@ def foreground(image: np.ndarray) -> np.ndarray:
     return fg(image)
 
 
-def local_ncc(a: np.ndarray, b: np.ndarray, window: float) -> np.ndarray:
-    """Local normalised cross-correlation with a Gaussian window of ``window`` voxels."""
+Window = float | tuple[float, ...]
+
+
+def windows(settings: dict[str, Any], affine: np.ndarray) -> dict[str, Window]:
+    """Each window of ``settings`` in voxels of the grid of ``affine`` (per axis for mm)."""
+    spacing = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    out: dict[str, Window] = {}
+    for name in WINDOWS:
+        if f"{name}_mm" in settings:
+            out[name] = tuple(float(settings[f"{name}_mm"]) / float(h) for h in spacing)
+        elif f"{name}_vox" in settings:
+            out[name] = float(settings[f"{name}_vox"])
+        else:
+            raise KeyError(f"cue setting {name}_mm missing")
+    return out
+
+
+def settings_of(saved: dict[str, Any]) -> dict[str, Any]:
+    """The cue settings a calibration was fitted with (its JSON "cues" block); a window or
+    setting it predates (a cue added since, which its model does not weigh) takes the default."""
+    out = {k: v for k, v in saved.items() if k in SETTINGS or k.endswith("_vox")}
+    for name in WINDOWS:
+        if f"{name}_mm" not in out and f"{name}_vox" not in out:
+            out[f"{name}_mm"] = SETTINGS[f"{name}_mm"]
+    out.setdefault("flow_damping", SETTINGS["flow_damping"])
+    return out
+
+
+def local_ncc(a: np.ndarray, b: np.ndarray, window: Window) -> np.ndarray:
+    """Local normalised cross-correlation with a Gaussian window of ``window`` voxels (one
+    sigma, or one per axis)."""
     from scipy import ndimage  # here, not at import: the CLI's parser imports this module
 
     a = a.astype(np.float64)
@@ -69,7 +103,7 @@ def local_ncc(a: np.ndarray, b: np.ndarray, window: float) -> np.ndarray:
 
 
 def residual_flow(warped: np.ndarray, target: np.ndarray, affine: np.ndarray,
-                  window: float, damping: float) -> np.ndarray:
+                  window: Window, damping: float) -> np.ndarray:
     """|d| in mm, d the damped Lucas-Kanade shift that best explains ``warped - target`` from
     the mean of both images' gradients within a Gaussian window of ``window`` voxels (with the
     mean gradient, one step is exact for a locally quadratic image). The damping is ``damping``
@@ -115,31 +149,34 @@ def inverse_consistency(forward_mm: np.ndarray, target_affine: np.ndarray,
 
 
 def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
-            source_affine: np.ndarray, threads: int = 1) -> Cues:
+            source_affine: np.ndarray, threads: int = 1,
+            settings: dict[str, Any] | None = None) -> Cues:
     """Every cue of an estimate ``result`` (an EstimateResult) for the target volume
-    ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement).
+    ``target``; ``backward_mm`` is the reversed pass's displacement (Prediction.displacement);
+    ``settings`` those of the calibration that will read the cues (default: ``SETTINGS``).
     The maps are independent, so up to ``threads`` are computed at once (SciPy's filters and
     NumPy's loops run without the GIL); each is the same computation whatever the count."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
 
-    s = SETTINGS["smooth_vox"]
+    settings = SETTINGS if settings is None else settings
+    win = windows(settings, result.affine)
     sigma = np.asarray(result.uncertainty, np.float32)
     axes = np.asarray(result.uncertainty_axes, np.float32)
     warped = np.asarray(result.warped_source, np.float32)
-    smooth = lambda v: ndimage.gaussian_filter(v, s, mode="nearest")  # noqa: E731
+    smooth = lambda v: ndimage.gaussian_filter(v, win["smooth"], mode="nearest")  # noqa: E731
     span = float(np.percentile(target, 99) - target.min()) or 1.0
     jobs = {  # the costliest first, so two threads finish together
         "flow_residual": lambda: residual_flow(warped, target, result.affine,
-                                               SETTINGS["flow_window_vox"],
-                                               SETTINGS["flow_damping"]),
+                                               win["flow_window"],
+                                               float(settings["flow_damping"])),
         "ic": lambda: inverse_consistency(np.asarray(result.displacement), result.affine,
                                           backward_mm, source_affine),
         "ncc_residual": lambda: np.clip(
-            1.0 - local_ncc(warped, target, SETTINGS["ncc_window_vox"]), 0.0, 2.0),
+            1.0 - local_ncc(warped, target, win["ncc_window"]), 0.0, 2.0),
         "ncc_residual_wide": lambda: np.clip(
-            1.0 - local_ncc(warped, target, SETTINGS["ncc_wide_window_vox"]), 0.0, 2.0),
+            1.0 - local_ncc(warped, target, win["ncc_wide_window"]), 0.0, 2.0),
         "intensity_residual": lambda: smooth(np.abs(warped - target) / span),
         "sigma_smooth": lambda: smooth(sigma),
         "log_jacobian": lambda: np.abs(np.log(np.clip(
