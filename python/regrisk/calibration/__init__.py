@@ -1,7 +1,8 @@
 """Calibration: from the equivariance spread (and a few cheap cues) to an error map in mm.
 
 - :mod:`.cues`  per-voxel cues of one registration (sigma, inverse consistency from one
-  reversed pass, local NCC residual, Jacobian), all on the target's native grid;
+  reversed pass, local NCC residual, residual flow, Jacobian), all on the target's native grid
+  with windows in mm;
 - :mod:`.cases` known-deformation cases built from real images (the evaluation's generators,
   including ranges the network cannot follow, so failures are represented);
 - :mod:`.model` the error model (monotone log-linear regression) and its split-conformal bound;

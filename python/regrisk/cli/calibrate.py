@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate", help="fit calibrated error maps (mm), a conformal bound and a QC verdict",
         description="Build known-deformation cases (translation, affine, nonlinear, including "
         "ranges beyond the network's) from the images, estimate each, and fit a model from the "
-        "per-voxel cues (sigma, inverse consistency, local NCC residual, Jacobian) to the true "
-        "error, with a split-conformal upper bound and a per-case verdict.")
+        "per-voxel cues (sigma, inverse consistency, local NCC residual, residual flow, "
+        "Jacobian) to the true error, with a split-conformal upper bound and a per-case "
+        "verdict.")
     p.add_argument("--model", default="default",
                    help="'default' (packaged network) or an ONNX file with a model card")
     p.add_argument("--images", nargs="+", default=None,
