@@ -1,4 +1,5 @@
-"""The residual-flow cue: the misalignment left between warped source and target, in mm.
+"""The calibration's cues: the residual flow (the misalignment left between warped source and
+target, in mm), windows in mm, and the cue maps on any thread count.
 
 Independent reasons for the expected values: for an image that is quadratic in space,
 I(x + s) - I(x) equals the mean of the two images' gradients dotted with s, exactly, so an
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from regrisk.calibration import cues, qc
+from regrisk.calibration import alignment, cues, qc
 from regrisk.errors import EvaluationError
 
 SHAPE = (20, 22, 18)
@@ -38,7 +39,7 @@ def test_an_undamped_step_recovers_a_shift_of_a_quadratic_image_in_mm(spacing):
     s = np.array([0.7, -1.1, 0.4])
     target = quadratic(affine, np.zeros(3), np.random.default_rng(1))
     warped = quadratic(affine, s, np.random.default_rng(1))
-    flow = cues.residual_flow(warped, target, affine, 2.0, 1e-9)
+    flow = alignment.residual_flow(warped, target, affine, 2.0, 1e-9)
     assert flow.dtype == np.float32 and flow.shape == SHAPE
     # float32 gradients and window sums: a few parts in a thousand
     np.testing.assert_allclose(flow[interior()], np.linalg.norm(s), rtol=5e-3)
@@ -49,8 +50,8 @@ def test_damping_only_shrinks_the_estimate():
     s = np.array([0.5, 0.5, -0.5])
     target = quadratic(affine, np.zeros(3), np.random.default_rng(2))
     warped = quadratic(affine, s, np.random.default_rng(2))
-    free = cues.residual_flow(warped, target, affine, 2.0, 1e-9)[interior()]
-    damped = cues.residual_flow(warped, target, affine, 2.0, 0.1)[interior()]
+    free = alignment.residual_flow(warped, target, affine, 2.0, 1e-9)[interior()]
+    damped = alignment.residual_flow(warped, target, affine, 2.0, 0.1)[interior()]
     assert (damped < free).all() and (damped > 0).all()
 
 
@@ -59,7 +60,7 @@ def test_the_adjugate_solve_equals_a_general_solver_per_voxel():
     affine = np.diag([2.0, 1.0, 3.0, 1.0])
     target = ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5).astype(np.float32)
     warped = ndimage.shift(target, (0.6, -0.3, 0.2), order=3, mode="nearest").astype(np.float32)
-    got = cues.residual_flow(warped, target, affine, 2.0, 0.01)
+    got = alignment.residual_flow(warped, target, affine, 2.0, 0.01)
     # the same system written out plainly: gradients, window sums, damping, np.linalg.solve
     spacing = np.array([2.0, 1.0, 3.0])
     g = np.stack([(a + b) / (2 * h) for a, b, h in zip(np.gradient(warped.astype(np.float64)),
@@ -79,12 +80,12 @@ def test_contrast_does_not_change_the_flow_and_a_flat_image_reads_zero():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     target = ndimage.gaussian_filter(rng.normal(size=SHAPE), 1.5)
     warped = ndimage.shift(target, (0.5, 0.0, 0.3), order=3, mode="nearest")
-    base = cues.residual_flow(warped, target, affine, 2.0, 0.01)
+    base = alignment.residual_flow(warped, target, affine, 2.0, 0.01)
     # an image of ten times the contrast (and an offset) is as misaligned, in mm, as before
-    np.testing.assert_allclose(cues.residual_flow(10 * warped + 3, 10 * target + 3, affine,
+    np.testing.assert_allclose(alignment.residual_flow(10 * warped + 3, 10 * target + 3, affine,
                                                   2.0, 0.01), base, rtol=1e-3, atol=1e-5)
     flat = np.full(SHAPE, 5.0, np.float32)
-    assert np.array_equal(cues.residual_flow(flat, flat, affine, 2.0, 0.01),
+    assert np.array_equal(alignment.residual_flow(flat, flat, affine, 2.0, 0.01),
                           np.zeros(SHAPE, np.float32))
 
 
@@ -93,7 +94,7 @@ def test_a_nan_in_the_images_is_not_read_as_aligned():
     target = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=SHAPE), 1.5)
     warped = target.copy()
     warped[10, 10, 9] = np.nan
-    assert not np.isfinite(cues.residual_flow(warped, target, affine, 2.0, 0.01)).all()
+    assert not np.isfinite(alignment.residual_flow(warped, target, affine, 2.0, 0.01)).all()
 
 
 def test_a_calibration_from_before_the_flow_cue_loads_and_never_flags_by_it():
@@ -194,8 +195,8 @@ def test_the_same_misalignment_reads_the_same_on_another_grid(spacing):
         warped, _ = analytic(grid, shift)
         win = cues.windows(cues.SETTINGS, affine)
         c = tuple(slice(n // 4, 3 * n // 4) for n in target.shape)
-        read[grid] = (float((1 - cues.local_ncc(warped, target, win["ncc_window"]))[c].mean()),
-                      float(cues.residual_flow(warped, target, affine, win["flow_window"],
+        read[grid] = (float((1 - alignment.local_ncc(warped, target, win["ncc_window"]))[c].mean()),
+                      float(alignment.residual_flow(warped, target, affine, win["flow_window"],
                                                0.01)[c].mean()))
     base, other = read[(2.0, 2.0, 2.0)], read[spacing]
     assert other[0] == pytest.approx(base[0], rel=0.03)

@@ -2,7 +2,7 @@
 
 - :mod:`.cues`  per-voxel cues of one registration (sigma, inverse consistency from one
   reversed pass, local NCC residual, residual flow, Jacobian), all on the target's native grid
-  with windows in mm;
+  with windows in mm (the measures themselves in :mod:`.alignment`);
 - :mod:`.cases` known-deformation cases built from real images (the evaluation's generators,
   including ranges the network cannot follow, so failures are represented);
 - :mod:`.model` the error model (monotone log-linear regression) and its split-conformal bound;
