@@ -405,6 +405,7 @@ def average_pool(volume: Any, factor: int, threads: int | None = None) -> Any:
     _core.average_pool(volume, int(factor), out, _threads(threads))
     return out
 
+
 def conv3x3x3(volume: Any, weight: Any, bias: Any, threads: int | None = None) -> Any:
     """bias + the 3x3x3 convolution (zero padding 1, stride 1) of a (B,C,D,H,W) float32 volume
     with a (O,C,3,3,3) float32 weight: a network's last layer (ONNX ``Conv``). Returns

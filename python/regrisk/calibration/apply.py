@@ -22,8 +22,8 @@ def annotate(est: Any, result: Any, source: Any, target: Any, cal: Calibration,
         raise InputError(f"--qc-threshold must be a positive number of mm, got {threshold}")
     tgt = io.load_image(target, "target")
     region, region_name = _region(mask, tgt)
-    result.error_mm, result.error_bound_mm, case_cues = error_maps(est, result, source, target,
-                                                                   cal)
+    # the loaded target, not ``target``: a path would be read and checked a second time
+    result.error_mm, result.error_bound_mm, case_cues = error_maps(est, result, source, tgt, cal)
     result.summary["qc"] = qc.block(cal.rule, result.error_mm, result.error_bound_mm, region,
                                     thr, case_cues, cal.id, region_name)
     result.summary["calibration"] = {"id": cal.id, "path": cal.path,
@@ -41,8 +41,9 @@ def error_maps(est: Any, result: Any, source: Any, target: Any, cal: Calibration
     src = io.load_image(source, "source")
     tgt = io.load_image(target, "target")
     backward = est.predict((tgt.data, tgt.affine), (src.data, src.affine))
+    cores = limits.cores()
     c = cues.compute(result, tgt.data, np.asarray(backward.displacement), src.affine,
-                     threads=min(est.threads or limits.cores(), limits.cores()),
+                     threads=min(est.threads or cores, cores),
                      settings=cues.settings_of(cal.payload.get("cues", {})))
     case_cues = np.array([c.case[n] for n in cues.CASE_CUES])
     x = error_model.features({n: m.ravel() for n, m in c.maps.items()}, case_cues,

@@ -125,8 +125,7 @@ def compute(result: Any, target: np.ndarray, backward_mm: np.ndarray,
     ic = done["ic"]
     maps = {"sigma": sigma, "sigma_x": axes[0], "sigma_y": axes[1], "sigma_z": axes[2],
             **done, "ic_smooth": smooth(ic)}
-    maps = {n: maps[n] for n in VOXEL_CUES}
-    maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
+    maps = {n: np.ascontiguousarray(maps[n], dtype=np.float32) for n in VOXEL_CUES}
     fg = foreground(target)
     case = {"case_sigma": float(sigma[fg].mean()), "case_ic": float(ic[fg].mean()),
             "case_ncc_residual": float(maps["ncc_residual"][fg].mean()),
